@@ -1,0 +1,127 @@
+"""All settings in one place: environment (prefix CONCORD_), an optional YAML file, defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "CONCORD_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Concord's settings. Every field can be set as CONCORD_<NAME> or in the YAML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONCORD_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    # Kafka
+    broker_url: str = Field(
+        default="kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma separated, e.g. kafka://k1:9092;k2:9092",
+    )
+    broker_username: str | None = None
+    broker_password: SecretStr | None = None
+    embedded_broker: bool = Field(
+        default=False,
+        description="The broker is the local tansu started by `concord broker`: "
+        "switches on the tansu workarounds (streams/tansu.py)",
+    )
+    topic_prefix: str = Field(default="concord", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    topic_partitions: int = Field(default=8, ge=1, le=10_000)
+    topic_replication: int = Field(default=1, ge=1, le=16)
+    app_id: str = Field(default="concord", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+
+    # Storage
+    data_dir: Path = Path(".concord")
+    clickhouse_dsn: SecretStr | None = Field(
+        default=None,
+        description="chdb://PATH (embedded, default <data_dir>/clickhouse) or http(s)://user:pw@host:port",
+    )
+    clickhouse_database: str = Field(default="concord", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    status_map_file: Path | None = None
+
+    # Worker
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ingest_batch_max: int = Field(default=5000, ge=1, le=100_000)
+    ingest_batch_within: float = Field(default=0.5, gt=0, le=60)
+    broker_session_timeout: float = Field(default=30.0, gt=0)
+    broker_heartbeat_interval: float = Field(default=3.0, gt=0)
+    broker_rebalance_timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _kafka_scheme(cls, value: str) -> str:
+        if not value.startswith("kafka://"):
+            raise ValueError("must start with kafka:// (e.g. kafka://127.0.0.1:9092)")
+        return value
+
+    @field_validator("status_map_file")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    def topic(self, name: str) -> str:
+        """The full name of one of Concord's topics, e.g. topic('erp.events')."""
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """host:port pairs for aiokafka."""
+        hosts = self.broker_url.removeprefix("kafka://")
+        return [h.strip() for h in hosts.replace(";", ",").split(",") if h.strip()]
+
+    @property
+    def clickhouse_url(self) -> str:
+        """The ClickHouse DSN, defaulting to an embedded chdb path under the data dir."""
+        if self.clickhouse_dsn is not None:
+            return self.clickhouse_dsn.get_secret_value()
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot start Concord; the message names each bad setting."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from overrides, the environment and the YAML file, or a SettingsError."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise SettingsError(f"config file {config_file} does not exist")
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"setting {name} (CONCORD_{name.upper()}): {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from exc

@@ -1,0 +1,1 @@
+"""The pipeline: pure rules (streams.rules) and the Faust wiring around them."""

@@ -1,0 +1,203 @@
+"""Ingest rules: validate, map status, drop re-sends, link to the master order, hold the unlinked.
+
+State is kept per (source, order_ref): all events of one source order land on one partition
+of that source's topic, so the crosswalk, the re-send check and the held events of a
+reference live together and need no cross-partition lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.events import ChangeEvent
+from schemas.stages import PHASE_OF, Marker, Source, Stage
+from schemas.status_map import StatusMap
+
+
+class Outcome(StrEnum):
+    """What happened to one input event (label of concord_events_total)."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    HELD = "held"
+    REJECTED = "rejected"
+
+
+class Reason(StrEnum):
+    """Machine-readable dead-letter reasons."""
+
+    INVALID_JSON = "invalid_json"
+    SCHEMA = "schema"
+    WRONG_TOPIC = "wrong_topic"
+    UNKNOWN_STATUS = "unknown_status"
+    MISSING_ORDER = "missing_order"
+    HELD_OVERFLOW = "held_overflow"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an input cannot be used."""
+
+    reason: Reason
+    error: str
+
+
+@dataclass(slots=True)
+class RefState:
+    """What ingest remembers about one source order reference."""
+
+    link: str | None = None  # master (ERP) order id, once known
+    has_order: bool = False  # ERP only: the order details have been seen
+    seen: list[str] = field(default_factory=list)  # event ids, oldest first
+    held: list[dict[str, Any]] = field(default_factory=list)  # waiting for a link
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact JSON-able form for the state table."""
+        out: dict[str, Any] = {"s": self.seen}
+        if self.link is not None:
+            out["l"] = self.link
+        if self.has_order:
+            out["o"] = 1
+        if self.held:
+            out["h"] = self.held
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None) -> RefState:
+        """The inverse of to_json; None gives a fresh state."""
+        if not raw:
+            return cls()
+        return cls(
+            link=raw.get("l"),
+            has_order=bool(raw.get("o")),
+            seen=list(raw.get("s", ())),
+            held=list(raw.get("h", ())),
+        )
+
+
+@dataclass(slots=True)
+class Applied:
+    """The result of applying one valid event to its reference's state."""
+
+    outcome: Outcome
+    forward: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (order_id, event)
+    rejection: Rejection | None = None
+
+
+def state_key(source: Source, order_ref: str) -> str:
+    """The state-table key of a source order reference."""
+    return f"{source.value}|{order_ref}"
+
+
+class IngestRules:
+    """Validation, status mapping, idempotence and the crosswalk, without I/O."""
+
+    def __init__(self, status_map: StatusMap, *, max_seen: int = 512, max_held: int = 256):
+        self.status_map = status_map
+        self.max_seen = max_seen
+        self.max_held = max_held
+
+    def decode(self, raw: bytes | None, topic_source: Source) -> ChangeEvent | Rejection:
+        """Parse and validate raw bytes from `topic_source`'s topic."""
+        if raw is None:
+            return Rejection(Reason.INVALID_JSON, "empty message value")
+        try:
+            event = ChangeEvent.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            if any(err["type"] == "json_invalid" for err in errors):
+                return Rejection(Reason.INVALID_JSON, errors[0]["msg"])
+            return Rejection(Reason.SCHEMA, _describe(errors))
+        if event.source is not topic_source:
+            return Rejection(
+                Reason.WRONG_TOPIC,
+                f"source {event.source.value!r} arrived on the {topic_source.value} topic",
+            )
+        return event
+
+    def apply(
+        self, event: ChangeEvent, raw: bytes, state: RefState, received_at: datetime
+    ) -> Applied:
+        """Apply a decoded event to its reference's state (mutated in place)."""
+        mapped = self.status_map.lookup(event.source, event.status)
+        if mapped is None:
+            return Applied(
+                Outcome.REJECTED,
+                rejection=Rejection(
+                    Reason.UNKNOWN_STATUS,
+                    f"status {event.status!r} is not in the {event.source.value} status map",
+                ),
+            )
+        if event.event_id in state.seen:
+            return Applied(Outcome.DUPLICATE)
+        if event.source is Source.ERP and not state.has_order:
+            if event.order is None:
+                return Applied(
+                    Outcome.REJECTED,
+                    rejection=Rejection(
+                        Reason.MISSING_ORDER,
+                        "the first ERP event of an order must carry its `order` details",
+                    ),
+                )
+            state.has_order = True
+
+        normalized = _normalized(raw, mapped, received_at)
+        link = event.erp_order_id or state.link
+        if link is None:
+            if len(state.held) >= self.max_held:
+                return Applied(
+                    Outcome.REJECTED,
+                    rejection=Rejection(
+                        Reason.HELD_OVERFLOW,
+                        f"{self.max_held} events of this reference already wait for a link",
+                    ),
+                )
+            self._remember(state, event.event_id)
+            state.held.append(normalized)
+            return Applied(Outcome.HELD)
+
+        if state.link is None:
+            state.link = link
+        self._remember(state, event.event_id)
+        forward: list[tuple[str, dict[str, Any]]] = []
+        for held in state.held:
+            held["order_id"] = state.link
+            held["erp_order_id"] = state.link
+            forward.append((state.link, held))
+        state.held = []
+        normalized["order_id"] = link
+        normalized["erp_order_id"] = link
+        forward.append((link, normalized))
+        return Applied(Outcome.ACCEPTED, forward=forward)
+
+    def _remember(self, state: RefState, event_id: str) -> None:
+        state.seen.append(event_id)
+        if len(state.seen) > self.max_seen:
+            del state.seen[: len(state.seen) - self.max_seen]
+
+
+def _normalized(raw: bytes, mapped: Stage | Marker, received_at: datetime) -> dict[str, Any]:
+    # The original object, every unknown field kept, plus what ingest learned.
+    body: dict[str, Any] = orjson.loads(raw)
+    if isinstance(mapped, Stage):
+        body["stage"] = mapped.value
+        body["phase"] = PHASE_OF[mapped].value
+    else:
+        body["marker"] = mapped.value
+    body["received_at"] = received_at.isoformat()
+    return body
+
+
+def _describe(errors: list[Any]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
