@@ -84,9 +84,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_FILE_ENV)
-        if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
     def topic(self, name: str) -> str:
@@ -113,12 +112,19 @@ class SettingsError(ValueError):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from overrides, the environment and the YAML file, or a SettingsError."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise SettingsError(f"config file {config_file} does not exist")
-        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    path = config_file or (
+        Path(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else None
+    )
+    cls: type[Settings] = Settings
+    if path is not None:
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist")
+        config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(path)})
+        cls = type(
+            "FileSettings", (Settings,), {"model_config": config, "__doc__": Settings.__doc__}
+        )
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

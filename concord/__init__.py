@@ -1,0 +1,1 @@
+"""Concord: streaming data-consistency pipeline for order flows."""

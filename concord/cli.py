@@ -1,0 +1,185 @@
+"""The `concord` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from schemas.settings import Settings, SettingsError, load_settings
+
+cli = typer.Typer(
+    help="Concord: order-flow consistency across ERP, CRM, WMS and carrier tracking.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (CONCORD_CONFIG)")
+]
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", help="Broker URL, e.g. kafka://127.0.0.1:9092")
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@cli.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback)")] = 9092,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+) -> None:
+    """Run the embedded Kafka-protocol broker (tansu, in-memory) until Ctrl-C or SIGTERM."""
+    from concord.broker import BrokerError, start_broker
+
+    try:
+        running = start_broker(port, host)
+    except BrokerError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"broker ready on [bold]{running.url}[/bold] (in-memory; set "
+        "CONCORD_BROKER_URL and CONCORD_EMBEDDED_BROKER=true for workers). Ctrl-C stops it."
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and running.process.poll() is None:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
+    code = running.process.returncode
+    console.print(f"broker stopped (exit {code})")
+
+
+@cli.command()
+def worker(
+    config: ConfigOpt = None,
+    broker_url: BrokerOpt = None,
+    web_port: Annotated[
+        int | None, typer.Option(help="Web server port (each worker its own)")
+    ] = None,
+    embedded: Annotated[
+        bool | None, typer.Option("--embedded/--kafka", help="Broker is the embedded tansu")
+    ] = None,
+) -> None:
+    """Run a pipeline worker (Faust): ingest, and serve /metrics and the order API."""
+    settings = _settings(config, broker_url=broker_url, web_port=web_port, embedded_broker=embedded)
+    from streams.runner import run_worker
+
+    run_worker(settings)
+
+
+@cli.command()
+def publish(
+    files: Annotated[list[Path], typer.Argument(help="JSONL or CSV files of change events")],
+    config: ConfigOpt = None,
+    broker_url: BrokerOpt = None,
+    validate: Annotated[
+        bool, typer.Option("--validate/--no-validate", help="Reject invalid events locally")
+    ] = True,
+) -> None:
+    """Publish change events to their source topics (the topic follows `source`)."""
+    from concord.publish import publish as do_publish
+    from streams.topics import ensure_topics
+
+    settings = _settings(config, broker_url=broker_url)
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        console.print(f"[red]no such file: {', '.join(map(str, missing))}[/red]")
+        raise typer.Exit(2)
+    total = sum(1 for f in files for _ in f.open("rb"))
+
+    async def run() -> Any:
+        await ensure_topics(settings)
+        with Progress(
+            TextColumn("publishing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("publish", total=total)
+            return await do_publish(
+                settings, files, validate=validate, progress=lambda n: bar.advance(task, n)
+            )
+
+    report = asyncio.run(run())
+    table = Table(title="published")
+    table.add_column("source")
+    table.add_column("sent", justify="right")
+    for source, n in sorted(report.sent.items()):
+        table.add_row(source, str(n))
+    table.add_row("[bold]total[/bold]", f"[bold]{report.total_sent}[/bold]")
+    console.print(table)
+    if report.rejected:
+        console.print(f"[yellow]{len(report.rejected)} rejected locally:[/yellow]")
+        for r in report.rejected[:50]:
+            console.print(f"  {r.path}:{r.line}: {r.error}")
+        if len(report.rejected) > 50:
+            console.print(f"  … and {len(report.rejected) - 50} more")
+        raise typer.Exit(1)
+
+
+@cli.command()
+def schema(
+    out: Annotated[
+        Path | None, typer.Option(help="Write one <Model>.schema.json per model into this dir")
+    ] = None,
+) -> None:
+    """Print (or write) the JSON Schema of the public models, generated from the code."""
+    from schemas.public import json_schemas
+
+    schemas = json_schemas()
+    if out is None:
+        sys.stdout.write(json.dumps(schemas, indent=2, ensure_ascii=False) + "\n")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, body in schemas.items():
+        (out / f"{name}.schema.json").write_text(
+            json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    console.print(f"wrote {len(schemas)} schemas to {out}")
+
+
+@cli.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C)")
+    ] = None,
+    orders: Annotated[int, typer.Option(help="ERP orders in the scenario day")] = 1800,
+    seed: Annotated[int, typer.Option(help="Scenario seed")] = 7,
+    web_port: Annotated[int, typer.Option(help="Worker web port")] = 6066,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its data")] = Path(
+        ".concord/demo"
+    ),
+) -> None:
+    """Run everything locally: embedded broker, a worker, and a realistic scenario feed."""
+    from concord.demo import run_demo
+
+    raise typer.Exit(
+        run_demo(duration=duration, orders=orders, seed=seed, web_port=web_port, data_dir=data_dir)
+    )
+
+
+def main() -> None:
+    """Entry point of the `concord` console script."""
+    cli()

@@ -1,0 +1,174 @@
+"""Ingest stage wiring: one batch of raw source events in, normalised events and dead letters out.
+
+The rules live in streams.rules.ingest; this class only decodes a Faust batch, calls them,
+and writes their results: normalised events (keyed by master order id), dead letters, and
+the per-reference state (once per key per batch, on the key's own changelog partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from faust.types import EventT, TableT
+
+from schemas.stages import Source
+from sinks import metrics
+from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
+from streams.topics import TopicNames
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def dead_letter(
+    event_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    rejection: Rejection,
+    received_at: datetime,
+) -> bytes:
+    """The dead-letter record's value: why, where from, and the original bytes."""
+    body: dict[str, Any] = {
+        "reason": rejection.reason.value,
+        "error": rejection.error,
+        "topic": event_topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key.decode("utf-8", "replace") if key is not None else None,
+        "original_b64": base64.b64encode(value).decode() if value is not None else None,
+        "received_at": received_at.isoformat(),
+    }
+    return orjson.dumps(body)
+
+
+class IngestStage:
+    """Processes one batch of source-topic events at a time."""
+
+    def __init__(
+        self,
+        app: Any,
+        table: TableT,
+        rules: IngestRules,
+        topics: TopicNames,
+        *,
+        end_marker_key: str | None,
+    ):
+        self.app = app
+        self.table = table
+        self.rules = rules
+        self.topics = topics
+        self.source_of = topics.source_of()
+        self.end_marker_key = end_marker_key
+        self.changelog = table.changelog_topic.get_topic_name()
+
+    async def process(self, events: Sequence[EventT]) -> None:
+        """Validate, dedupe, link and forward a batch; then persist the touched state."""
+        started = time.perf_counter()
+        received_at = datetime.now(UTC)
+        out: list[Outgoing] = []
+        touched: dict[str, tuple[int, RefState]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        latest_event_time: dict[Source, datetime] = {}
+
+        for event in events:
+            msg = event.message
+            source = self.source_of[msg.topic]
+            raw: bytes | None = event.value
+            decoded = self.rules.decode(raw, source)
+            if isinstance(decoded, Rejection):
+                out.append(self._dead(msg, raw, decoded, received_at))
+                counts[(source.value, Outcome.REJECTED.value)] = (
+                    counts.get((source.value, Outcome.REJECTED.value), 0) + 1
+                )
+                continue
+            assert raw is not None
+            key = state_key(source, decoded.order_ref)
+            entry = touched.get(key)
+            state = entry[1] if entry else RefState.from_json(self.table.get(key))
+            applied = self.rules.apply(decoded, raw, state, received_at)
+            outcome = applied.outcome.value
+            counts[(source.value, outcome)] = counts.get((source.value, outcome), 0) + 1
+            if applied.rejection is not None:
+                out.append(self._dead(msg, raw, applied.rejection, received_at))
+                continue
+            if applied.outcome is Outcome.DUPLICATE:
+                continue
+            touched[key] = (msg.partition, state)
+            for order_id, body in applied.forward:
+                out.append(Outgoing(self.topics.normalized, order_id.encode(), orjson.dumps(body)))
+            seen = latest_event_time.get(source)
+            if seen is None or decoded.occurred_at > seen:
+                latest_event_time[source] = decoded.occurred_at
+
+        await self._produce(out)
+        await self._persist(touched)
+
+        for (source_name, outcome), n in counts.items():
+            metrics.EVENTS.labels(source_name, outcome).inc(n)
+        for source, occurred in latest_event_time.items():
+            metrics.EVENT_LAG.labels(source.value).set((received_at - occurred).total_seconds())
+        metrics.INGEST_BATCH_SECONDS.set(time.perf_counter() - started)
+
+    def _dead(
+        self, msg: Any, raw: bytes | None, rejection: Rejection, received_at: datetime
+    ) -> Outgoing:
+        metrics.DEADLETTERS.labels(rejection.reason.value).inc()
+        value = dead_letter(
+            msg.topic, msg.partition, msg.offset, msg.key, raw, rejection, received_at
+        )
+        return Outgoing(
+            self.topics.deadletter,
+            msg.key,
+            value,
+            [("concord-reason", rejection.reason.value.encode())],
+        )
+
+    async def _produce(self, out: list[Outgoing]) -> None:
+        # Outputs are acknowledged before the state that records them is written, so a
+        # crash can repeat an output (consumers dedupe on source+event_id) but never lose one.
+        producer = self.app.producer
+        pending = [await producer.send(o.topic, o.key, o.value, None, None, o.headers) for o in out]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _persist(self, touched: dict[str, tuple[int, RefState]]) -> None:
+        # One changelog record per key per batch, on the partition of the key's own events
+        # (Faust would use the partition of the batch's last event for every key). Sent and
+        # acknowledged here rather than through Faust's send_soon buffer, whose flush gives
+        # up after 0.1 s: the offset commit must never overtake the state it depends on.
+        store = self.table.data
+        producer = self.app.producer
+        topic = self.changelog
+        pending = []
+        for key, (partition, state) in touched.items():
+            value = state.to_json()
+            store[key] = value
+            pending.append(
+                await producer.send(
+                    topic, orjson.dumps(key), orjson.dumps(value), partition, None, None
+                )
+            )
+        if pending:
+            await asyncio.gather(*pending)
+        if self.end_marker_key is not None and touched:
+            # tansu: close each touched partition with a one-record batch (streams/tansu.py).
+            marker = orjson.dumps(self.end_marker_key)
+            partitions = {partition for partition, _ in touched.values()}
+            closing = [await producer.send(topic, marker, None, p, None, None) for p in partitions]
+            await asyncio.gather(*closing)

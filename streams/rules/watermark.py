@@ -1,0 +1,187 @@
+"""The event-time watermark: how far event time has surely progressed, so timers may fire.
+
+Event times are kept as integer microseconds since the Unix epoch (UTC) inside the rules:
+exact to subtract and compare, cheap to serialise. `as_us`/`from_us`/`parse_us` convert.
+
+The rule, exactly (all in microseconds; L = allowed_lateness, I = idle_after):
+
+* `observe(t, wall)`: the event time is first capped at `wall + max_ahead` (a single source
+  with a clock years ahead must not fire every timer and evict every order); then
+  `max_event = max(max_event, t)` and `watermark = max(watermark, max_event - L)`.
+  The watermark just after this event (`W_e`) and `wall` (`wall_e`) are remembered.
+* `advance_idle(wall)`: when `wall - wall_e >= I`, i.e. no event arrived for `I` of wall time,
+  `watermark = max(watermark, W_e + (wall - wall_e))`: event time is assumed to flow with the
+  wall clock from where it stood at the last event, so time-based rules still fire when every
+  feed is quiet. Before `I` has passed nothing moves (a short pause is not an outage), so the
+  first idle advance is a step of at least `I`. Repeating the call with the same `wall` is a
+  no-op; a wall clock stepping backwards never moves the watermark back.
+* The watermark never goes backwards. Events behind it are still applied by the per-order
+  state; they are only too late to hold back a timer that has already fired.
+* Before the first event there is no watermark (None) and idle time does not create one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+DEFAULT_ALLOWED_LATENESS = timedelta(minutes=2)
+DEFAULT_IDLE_AFTER = timedelta(seconds=60)
+DEFAULT_MAX_AHEAD = timedelta(minutes=5)
+
+
+def as_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime (exact; naive raises TypeError)."""
+    return (moment - _EPOCH) // _ONE_US
+
+
+def from_us(us: int) -> datetime:
+    """The aware UTC datetime of a microsecond timestamp."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def parse_us(text: str) -> int:
+    """Microseconds since the epoch of an RFC 3339 timestamp with an offset."""
+    return as_us(datetime.fromisoformat(text))
+
+
+_AWARE: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def event_time(value: Any) -> datetime:
+    """An aware datetime from a timestamp in any form ingest accepted (RFC 3339 and the like)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
+    # Rare forms ingest's AwareDatetime also takes (`z`, epoch numbers): parse them the same way.
+    try:
+        return _AWARE.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(f"not an aware timestamp: {value!r}") from exc
+
+
+def span_us(span: timedelta) -> int:
+    """A timedelta in whole microseconds."""
+    return span // _ONE_US
+
+
+class Watermark:
+    """Max event time seen minus allowed lateness, with an idle wall-clock fallback."""
+
+    __slots__ = (
+        "_ahead_us",
+        "_idle_us",
+        "_last_wall_us",
+        "_lateness_us",
+        "_max_event_us",
+        "_wm_at_last_us",
+        "_wm_us",
+        "clamped",
+    )
+
+    def __init__(
+        self,
+        allowed_lateness: timedelta = DEFAULT_ALLOWED_LATENESS,
+        idle_after: timedelta = DEFAULT_IDLE_AFTER,
+        max_ahead: timedelta | None = DEFAULT_MAX_AHEAD,
+    ) -> None:
+        if allowed_lateness < timedelta(0) or idle_after <= timedelta(0):
+            raise ValueError("allowed_lateness must be >= 0 and idle_after > 0")
+        self._lateness_us = span_us(allowed_lateness)
+        self._idle_us = span_us(idle_after)
+        self._ahead_us = None if max_ahead is None else span_us(max_ahead)
+        self._max_event_us: int | None = None
+        self._wm_us: int | None = None
+        self._wm_at_last_us: int | None = None
+        self._last_wall_us: int | None = None
+        self.clamped = 0  # events whose time was capped at wall + max_ahead
+
+    @property
+    def value_us(self) -> int | None:
+        """The watermark in microseconds since the epoch, None before the first event."""
+        return self._wm_us
+
+    @property
+    def value(self) -> datetime | None:
+        """The watermark as an aware UTC datetime, None before the first event."""
+        return None if self._wm_us is None else from_us(self._wm_us)
+
+    @property
+    def max_event(self) -> datetime | None:
+        """The largest (capped) event time observed."""
+        return None if self._max_event_us is None else from_us(self._max_event_us)
+
+    def observe(self, event_time: datetime, wall_now: datetime) -> datetime | None:
+        """Account for one event; returns the watermark after it."""
+        self.observe_us(as_us(event_time), as_us(wall_now))
+        return self.value
+
+    def observe_us(self, event_us: int, wall_us: int) -> int:
+        """`observe` in microseconds, for the hot path; returns the watermark."""
+        if self._ahead_us is not None and event_us > wall_us + self._ahead_us:
+            event_us = wall_us + self._ahead_us
+            self.clamped += 1
+        if self._max_event_us is None or event_us > self._max_event_us:
+            self._max_event_us = event_us
+        candidate = self._max_event_us - self._lateness_us
+        if self._wm_us is None or candidate > self._wm_us:
+            self._wm_us = candidate
+        self._wm_at_last_us = self._wm_us
+        self._last_wall_us = wall_us
+        return self._wm_us
+
+    def advance_idle(self, wall_now: datetime) -> datetime | None:
+        """Let event time flow with the wall clock once no event came for `idle_after`."""
+        self.advance_idle_us(as_us(wall_now))
+        return self.value
+
+    def advance_idle_us(self, wall_us: int) -> int | None:
+        """`advance_idle` in microseconds; returns the watermark."""
+        if self._wm_at_last_us is None or self._last_wall_us is None or self._wm_us is None:
+            return self._wm_us
+        elapsed = wall_us - self._last_wall_us
+        if elapsed >= self._idle_us:
+            candidate = self._wm_at_last_us + elapsed
+            if candidate > self._wm_us:
+                self._wm_us = candidate
+        return self._wm_us
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact JSON-able form (settings are not included: they come from configuration)."""
+        return {
+            "m": self._max_event_us,
+            "w": self._wm_us,
+            "a": self._wm_at_last_us,
+            "l": self._last_wall_us,
+            "c": self.clamped,
+        }
+
+    @classmethod
+    def from_json(
+        cls,
+        raw: dict[str, Any] | None,
+        allowed_lateness: timedelta = DEFAULT_ALLOWED_LATENESS,
+        idle_after: timedelta = DEFAULT_IDLE_AFTER,
+        max_ahead: timedelta | None = DEFAULT_MAX_AHEAD,
+    ) -> Watermark:
+        """The inverse of to_json, with the given settings; None gives a fresh watermark."""
+        mark = cls(allowed_lateness, idle_after, max_ahead)
+        if raw:
+            mark._max_event_us = raw.get("m")
+            mark._wm_us = raw.get("w")
+            mark._wm_at_last_us = raw.get("a")
+            mark._last_wall_us = raw.get("l")
+            mark.clamped = int(raw.get("c", 0))
+        return mark

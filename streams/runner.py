@@ -1,0 +1,46 @@
+"""Running a worker: topics first, then the Faust worker on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from schemas.settings import Settings
+from streams.app import create_app
+from streams.topics import ensure_topics
+
+
+class ConcordWorker(faust.Worker):
+    """faust.Worker without the start-up spinner.
+
+    With a log level of WARN or above, Faust's spinner sets the *root* logger to DEBUG and
+    never resets it, so every debug() call in faust/aiokafka/mode builds a LogRecord:
+    13–15% of the worker's CPU in profiles. Here the root logger keeps the level asked for.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """Keep the root logger at the configured level (no spinner handler)."""
+        self.spinner = None
+        logger.setLevel(level)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where available (cheaper per-event scheduling), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_worker(settings: Settings) -> None:
+    """Create missing topics, then run one worker until SIGINT/SIGTERM."""
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    app = create_app(settings)
+    worker = ConcordWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
+    worker.execute_from_commandline()

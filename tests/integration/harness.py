@@ -1,0 +1,164 @@
+"""What integration tests drive: worker processes, raw produce, topic reads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from concord.broker import free_port
+
+
+@dataclass
+class WorkerProcess:
+    """A `concord worker` subprocess with its own web port and log file."""
+
+    env: dict[str, str]
+    log_path: Path
+    web_port: int
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = field(default=0)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the worker and wait until its web server answers."""
+        self.starts += 1
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "concord", "worker", "--web-port", str(self.web_port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url("/health"), timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"worker did not come up:\n{self.log_tail()}")
+
+    def url(self, path: str) -> str:
+        """A URL on the worker's web server."""
+        return f"http://127.0.0.1:{self.web_port}{path}"
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not stop in time."""
+        if not self.process or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the worker's log."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def worker_env(broker_url: str, data_dir: Path, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment for a test worker: its own topics, group and data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
+    env.update(
+        {
+            "CONCORD_BROKER_URL": broker_url,
+            "CONCORD_EMBEDDED_BROKER": "true",
+            "CONCORD_TOPIC_PREFIX": prefix,
+            "CONCORD_APP_ID": prefix,
+            "CONCORD_TOPIC_PARTITIONS": "4",
+            "CONCORD_DATA_DIR": str(data_dir),
+            "CONCORD_INGEST_BATCH_WITHIN": "0.2",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def new_worker(broker_url: str, tmp: Path, prefix: str, **extra: str) -> WorkerProcess:
+    """A worker process (not started yet)."""
+    return WorkerProcess(
+        env=worker_env(broker_url, tmp / "data", prefix, **extra),
+        log_path=tmp / f"{prefix}-worker.log",
+        web_port=free_port(),
+    )
+
+
+async def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]]) -> int:
+    """Send (topic, key, value) records as they come; returns the count."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all")
+    await producer.start()
+    n = 0
+    try:
+        for topic, key, value in records:
+            await producer.send(topic, value, key=key)
+            n += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n
+
+
+async def read_all(
+    bootstrap: str, topics: list[str], *, until: Any = None, within: float = 90.0
+) -> list[Any]:
+    """Every record on `topics` from the start, read until `until(records)` or the timeout."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + within
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            got = [m for msgs in batch.values() for m in msgs]
+            records.extend(got)
+            if got:
+                quiet_since = time.monotonic()
+            if until is not None and until(records):
+                break
+            if until is None and time.monotonic() - quiet_since > 3:
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions")
