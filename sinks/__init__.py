@@ -1,0 +1,1 @@
+"""Where results leave the pipeline: ClickHouse tables, producers, metrics."""
