@@ -7,11 +7,9 @@ the per-reference state (once per key per batch, on the key's own changelog part
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,18 +18,9 @@ from faust.types import EventT, TableT
 
 from schemas.stages import Source
 from sinks import metrics
+from streams.produce import BatchProducer, Outgoing
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
 from streams.topics import TopicNames
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A record to produce."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] | None = None
 
 
 def dead_letter(
@@ -76,6 +65,7 @@ class IngestStage:
         self.source_of = topics.source_of()
         self.end_marker_key = end_marker_key
         self.changelog = table.changelog_topic.get_topic_name()
+        self.producer = BatchProducer(app)
 
     async def process(self, events: Sequence[EventT]) -> None:
         """Validate, dedupe, link and forward a batch; then persist the touched state."""
@@ -142,33 +132,29 @@ class IngestStage:
     async def _produce(self, out: list[Outgoing]) -> None:
         # Outputs are acknowledged before the state that records them is written, so a
         # crash can repeat an output (consumers dedupe on source+event_id) but never lose one.
-        producer = self.app.producer
-        pending = [await producer.send(o.topic, o.key, o.value, None, None, o.headers) for o in out]
-        if pending:
-            await asyncio.gather(*pending)
+        if out:
+            await self.producer.send(out)
 
     async def _persist(self, touched: dict[str, tuple[int, RefState]]) -> None:
         # One changelog record per key per batch, on the partition of the key's own events
         # (Faust would use the partition of the batch's last event for every key). Sent and
         # acknowledged here rather than through Faust's send_soon buffer, whose flush gives
         # up after 0.1 s: the offset commit must never overtake the state it depends on.
+        if not touched:
+            return
         store = self.table.data
-        producer = self.app.producer
-        topic = self.changelog
-        pending = []
+        records = []
         for key, (partition, state) in touched.items():
             value = state.to_json()
             store[key] = value
-            pending.append(
-                await producer.send(
-                    topic, orjson.dumps(key), orjson.dumps(value), partition, None, None
-                )
+            records.append(
+                Outgoing(self.changelog, orjson.dumps(key), orjson.dumps(value), None, partition)
             )
-        if pending:
-            await asyncio.gather(*pending)
-        if self.end_marker_key is not None and touched:
+        await self.producer.send(records)
+        if self.end_marker_key is not None:
             # tansu: close each touched partition with a one-record batch (streams/tansu.py).
             marker = orjson.dumps(self.end_marker_key)
             partitions = {partition for partition, _ in touched.values()}
-            closing = [await producer.send(topic, marker, None, p, None, None) for p in partitions]
-            await asyncio.gather(*closing)
+            await self.producer.send(
+                Outgoing(self.changelog, marker, None, None, p) for p in sorted(partitions)
+            )

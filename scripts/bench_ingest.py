@@ -1,0 +1,186 @@
+"""Ingest benchmark: a Concord worker vs a plain aiokafka loop on the same broker, same run.
+
+    python scripts/bench_ingest.py --events 200000 [--profile out.svg]
+
+Publishes N realistic events once, then lets each contender consume all of them from the
+start under its own consumer group: the plain loop (consume -> orjson decode -> dict
+update -> produce, commit and flush every second) and a `concord worker` process. The
+figure is the ratio of the two rates; absolute numbers move ±30% on shared machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from concord.broker import free_port, start_broker
+from concord.scenario import iter_bench_events
+from schemas.settings import Settings
+from streams.topics import TopicNames, ensure_topics
+
+PREFIX = "bench"
+
+
+async def publish(bootstrap: str, names: TopicNames, n: int) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=262_144, acks="all"
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        from schemas.stages import Source
+
+        for source, key, value in iter_bench_events(n):
+            await producer.send(names.sources[Source(source)], value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n / (time.perf_counter() - started)
+
+
+async def plain_loop(bootstrap: str, names: TopicNames, n: int) -> float:
+    """consume -> decode -> dict update -> produce; commit and flush every second."""
+    consumer = AIOKafkaConsumer(
+        *names.sources.values(),
+        bootstrap_servers=bootstrap,
+        group_id="bench-plain",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=262_144
+    )
+    await consumer.start()
+    await producer.start()
+    state: dict[bytes, dict] = {}
+    seen = 0
+    started = None
+    last_commit = time.monotonic()
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for messages in batch.values():
+                for msg in messages:
+                    if started is None:
+                        started = time.perf_counter()
+                    body = orjson.loads(msg.value)
+                    state[msg.key] = {"status": body["status"], "at": body["occurred_at"]}
+                    await producer.send(
+                        f"{PREFIX}.plain.out", orjson.dumps(body), key=msg.key
+                    )
+                    seen += 1
+            if time.monotonic() - last_commit > 1.0:
+                await producer.flush()
+                await consumer.commit()
+                last_commit = time.monotonic()
+        await producer.flush()
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    assert started is not None
+    return n / (time.perf_counter() - started)
+
+
+def processed(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("concord_events_total{")
+    )
+
+
+def faust_worker(broker_url: str, n: int, data_dir: Path, profile: str | None) -> float:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
+    env.update(
+        CONCORD_BROKER_URL=broker_url,
+        CONCORD_EMBEDDED_BROKER="true",
+        CONCORD_TOPIC_PREFIX=PREFIX,
+        CONCORD_APP_ID="bench-concord",
+        CONCORD_DATA_DIR=str(data_dir),
+        CONCORD_WEB_PORT=str(port),
+    )
+    cmd = [sys.executable, "-m", "concord", "worker"]
+    log = (data_dir / "worker.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    spy = None
+    try:
+        started = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                done = processed(port)
+            except httpx.HTTPError:
+                done = 0.0
+            if done > 0 and started is None:
+                started = time.perf_counter()
+                if profile:
+                    spy = subprocess.Popen(
+                        [
+                            *("py-spy", "record", "-o", profile, "-p", str(proc.pid)),
+                            *("-r", "200", "-f", "raw" if profile.endswith(".txt") else "flamegraph"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+            if done >= n:
+                assert started is not None
+                return n / (time.perf_counter() - started)
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker died; see {data_dir / 'worker.log'}")
+            time.sleep(0.1)
+        raise RuntimeError("worker did not finish in 10 min")
+    finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(60)
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--profile", help="py-spy profile of the worker: .svg flame graph or .txt collapsed stacks")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="concord-bench-") as tmp:
+        broker = start_broker(log_path=Path(tmp) / "tansu.log")
+        try:
+            bootstrap = f"127.0.0.1:{broker.port}"
+            settings = Settings(
+                broker_url=broker.url,
+                topic_prefix=PREFIX,
+                topic_partitions=args.partitions,
+                embedded_broker=True,
+            )
+            names = TopicNames.from_settings(settings)
+            asyncio.run(ensure_topics(settings, [*names.all(), f"{PREFIX}.plain.out"]))
+            pub = asyncio.run(publish(bootstrap, names, args.events))
+            print(f"published {args.events} events at {pub:,.0f}/s")
+            plain = asyncio.run(plain_loop(bootstrap, names, args.events))
+            print(f"plain aiokafka loop : {plain:>9,.0f} events/s")
+            worker = faust_worker(broker.url, args.events, Path(tmp), args.profile)
+            print(f"concord worker      : {worker:>9,.0f} events/s")
+            print(f"ratio worker/plain  : {worker / plain:.2f}")
+        finally:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
