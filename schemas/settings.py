@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ingest_batch_max: int = Field(default=5000, ge=1, le=100_000)
     ingest_batch_within: float = Field(default=0.5, gt=0, le=60)
+    consumer_fastpath: bool = Field(
+        default=True,
+        description="Step each fetched message's delivery inline before falling back to "
+        "Faust's wait_first (streams/fastpath.py); off restores Faust's own drain loop",
+    )
     broker_session_timeout: float = Field(default=30.0, gt=0)
     broker_heartbeat_interval: float = Field(default=3.0, gt=0)
     broker_rebalance_timeout: float = Field(default=60.0, gt=0)

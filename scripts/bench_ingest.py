@@ -58,9 +58,7 @@ async def plain_loop(bootstrap: str, names: TopicNames, n: int) -> float:
         enable_auto_commit=False,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=262_144
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=262_144)
     await consumer.start()
     await producer.start()
     state: dict[bytes, dict] = {}
@@ -76,9 +74,7 @@ async def plain_loop(bootstrap: str, names: TopicNames, n: int) -> float:
                         started = time.perf_counter()
                     body = orjson.loads(msg.value)
                     state[msg.key] = {"status": body["status"], "at": body["occurred_at"]}
-                    await producer.send(
-                        f"{PREFIX}.plain.out", orjson.dumps(body), key=msg.key
-                    )
+                    await producer.send(f"{PREFIX}.plain.out", orjson.dumps(body), key=msg.key)
                     seen += 1
             if time.monotonic() - last_commit > 1.0:
                 await producer.flush()
@@ -100,6 +96,10 @@ def processed(port: int) -> float:
         for line in text.splitlines()
         if line.startswith("concord_events_total{")
     )
+
+
+def profile_format(path: str) -> str:
+    return "raw" if path.endswith(".txt") else "flamegraph"
 
 
 def faust_worker(broker_url: str, n: int, data_dir: Path, profile: str | None) -> float:
@@ -131,7 +131,12 @@ def faust_worker(broker_url: str, n: int, data_dir: Path, profile: str | None) -
                     spy = subprocess.Popen(
                         [
                             *("py-spy", "record", "-o", profile, "-p", str(proc.pid)),
-                            *("-r", "200", "-f", "raw" if profile.endswith(".txt") else "flamegraph"),
+                            *(
+                                "-r",
+                                "200",
+                                "-f",
+                                "raw" if profile.endswith(".txt") else "flamegraph",
+                            ),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -141,7 +146,7 @@ def faust_worker(broker_url: str, n: int, data_dir: Path, profile: str | None) -
                 return n / (time.perf_counter() - started)
             if proc.poll() is not None:
                 raise RuntimeError(f"worker died; see {data_dir / 'worker.log'}")
-            time.sleep(0.1)
+            time.sleep(0.25)
         raise RuntimeError("worker did not finish in 10 min")
     finally:
         if spy is not None:
@@ -156,7 +161,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--profile", help="py-spy profile of the worker: .svg flame graph or .txt collapsed stacks")
+    parser.add_argument(
+        "--profile", help="py-spy profile of the worker: .svg (flame graph) or .txt (stacks)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="concord-bench-") as tmp:

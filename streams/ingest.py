@@ -76,6 +76,7 @@ class IngestStage:
         counts: dict[tuple[str, str], int] = {}
         latest_event_time: dict[Source, datetime] = {}
 
+        store = self.table.data  # the store itself: Table.get adds per-call bookkeeping
         for event in events:
             msg = event.message
             source = self.source_of[msg.topic]
@@ -90,7 +91,7 @@ class IngestStage:
             assert raw is not None
             key = state_key(source, decoded.order_ref)
             entry = touched.get(key)
-            state = entry[1] if entry else RefState.from_json(self.table.get(key))
+            state = entry[1] if entry else RefState.from_json(store.get(key))
             applied = self.rules.apply(decoded, raw, state, received_at)
             outcome = applied.outcome.value
             counts[(source.value, outcome)] = counts.get((source.value, outcome), 0) + 1

@@ -34,6 +34,7 @@ class BatchProducer:
     def __init__(self, app: Any):
         self.app = app
         self._partitions: dict[str, list[int]] = {}
+        self._by_key: dict[tuple[str, bytes], int] = {}
 
     def _aiokafka(self) -> AIOKafkaProducer:
         # Faust's aiokafka driver owns the producer; this is the one public way in.
@@ -48,7 +49,21 @@ class BatchProducer:
             self._partitions[record.topic] = partitions
         if record.key is None:
             return random.choice(partitions)
-        return int(producer._partitioner(record.key, partitions, partitions))
+        cache_key = (record.topic, record.key)
+        partition = self._by_key.get(cache_key)
+        if partition is None:
+            # aiokafka's murmur2 is pure Python; an order's events share one key.
+            partition = int(producer._partitioner(record.key, partitions, partitions))
+            if len(self._by_key) >= 100_000:
+                self._by_key.clear()
+            self._by_key[cache_key] = partition
+        return partition
+
+    @staticmethod
+    async def _ship(producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> Any:
+        # A closed batch goes out at once: it does not linger for more records.
+        batch.close()
+        return await producer.send_batch(batch, topic, partition=partition)
 
     async def send(self, records: Iterable[Outgoing]) -> int:
         """Produce `records`, preserving their order per partition; return the batch count."""
