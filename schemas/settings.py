@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     consumer_fastpath: bool = Field(
         default=True,
         description="Step each fetched message's delivery inline before falling back to "
-        "Faust's wait_first (streams/fastpath.py); off restores Faust's own drain loop",
+        "Faust's wait_first (streams/faust_consumer.py); off restores Faust's drain loop",
     )
     broker_session_timeout: float = Field(default=30.0, gt=0)
     broker_heartbeat_interval: float = Field(default=3.0, gt=0)

@@ -51,6 +51,10 @@ SOURCE_LAST_EVENT = Gauge(
 SOURCE_SILENT = Gauge(
     "concord_source_silent", "1 while a whole source is silent (its feed is down)", ["source"]
 )
+INGEST_REWINDS = Counter(
+    "concord_ingest_rewinds",
+    "Times ingest found a source partition's offsets jumping ahead and rewound the consumer",
+)
 INGEST_BATCH_SECONDS = Gauge(
     "concord_ingest_batch_seconds", "Wall time spent on the latest ingest batch"
 )

@@ -11,7 +11,7 @@ from faust.web import Request, Response, View
 from schemas.settings import Settings
 from schemas.status_map import load_status_map
 from sinks import metrics
-from streams import fastpath, tansu
+from streams import faust_consumer, tansu
 from streams.ingest import IngestStage
 from streams.rules.ingest import IngestRules
 from streams.topics import TopicNames, kafka_auth
@@ -58,8 +58,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for these settings."""
     app = faust.App(settings.app_id, **faust_settings(settings))
-    if settings.consumer_fastpath:
-        fastpath.install(app)
+    faust_consumer.install(app, eager_drain=settings.consumer_fastpath)
     names = TopicNames.from_settings(settings)
     rules = IngestRules(load_status_map(settings.status_map_file))
 
@@ -79,6 +78,10 @@ def create_app(settings: Settings) -> faust.App:
             settings.ingest_batch_max, within=settings.ingest_batch_within
         ):
             await stage.process(batch)
+
+    @app.timer(2.0)
+    async def audit_positions() -> None:
+        await stage.audit_positions()
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -8,6 +8,7 @@ the per-reference state (once per key per batch, on the key's own changelog part
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,8 +20,11 @@ from faust.types import EventT, TableT
 from schemas.stages import Source
 from sinks import metrics
 from streams.produce import BatchProducer, Outgoing
+from streams.rules.continuity import Admit, OffsetContinuity
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
 from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
 
 
 def dead_letter(
@@ -66,6 +70,8 @@ class IngestStage:
         self.end_marker_key = end_marker_key
         self.changelog = table.changelog_topic.get_topic_name()
         self.producer = BatchProducer(app)
+        self.continuity: OffsetContinuity[Any] = OffsetContinuity()
+        self._generation: int | None = None
 
     async def process(self, events: Sequence[EventT]) -> None:
         """Validate, dedupe, link and forward a batch; then persist the touched state."""
@@ -77,8 +83,12 @@ class IngestStage:
         latest_event_time: dict[Source, datetime] = {}
 
         store = self.table.data  # the store itself: Table.get adds per-call bookkeeping
+        await self._baselines({e.message.tp for e in events})
+        now = time.monotonic()
         for event in events:
             msg = event.message
+            if not await self._in_sequence(msg, now):
+                continue
             source = self.source_of[msg.topic]
             raw: bytes | None = event.value
             decoded = self.rules.decode(raw, source)
@@ -115,6 +125,72 @@ class IngestStage:
         for source, occurred in latest_event_time.items():
             metrics.EVENT_LAG.labels(source.value).set((received_at - occurred).total_seconds())
         metrics.INGEST_BATCH_SECONDS.set(time.perf_counter() - started)
+
+    async def _baselines(self, partitions: set[Any]) -> None:
+        # After every (re)assignment, each partition's first expected offset is its committed
+        # offset, or the log start when the group has committed nothing there yet.
+        generation = self.app.consumer_generation_id
+        if generation != self._generation:
+            self.continuity.reset()
+            self._generation = generation
+        consumer = self.app.consumer
+        unknown = {tp for tp in partitions if not self.continuity.knows(tp)}
+        if not unknown:
+            return
+        missing = set()
+        for tp in unknown:
+            committed = consumer._committed_offset.get(tp)
+            if committed is not None:
+                self.continuity.start_at(tp, committed)
+            else:
+                missing.add(tp)
+        if missing:
+            starts = {
+                tp: offset if offset is not None and offset >= 0 else 0
+                for tp, offset in (await consumer.earliest_offsets(*missing)).items()
+            }
+            for tp, offset in starts.items():
+                self.continuity.start_at(tp, offset)
+            # A group with no committed offset is where positions were seen to jump after a
+            # restart: give every partition a committed starting point at once.
+            await consumer._commit(starts)
+
+    async def audit_positions(self) -> None:
+        """Rewind partitions whose fetch position jumped past records silently (a timer)."""
+        if self.app.rebalancing:
+            return
+        consumer = self.app.consumer
+        # Every assigned source partition, including those no record has reached yet.
+        await self._baselines({tp for tp in consumer.assignment() if tp.topic in self.source_of})
+        now = time.monotonic()
+        for tp in self.continuity.partitions():
+            verdict = self.continuity.audit(tp, await consumer.position(tp), now)
+            if verdict.admit is Admit.REWIND:
+                assert verdict.rewind_to is not None
+                log.warning(
+                    "%s: fetch position is past offset %d; rewinding", tp, verdict.rewind_to
+                )
+                metrics.INGEST_REWINDS.inc()
+                await consumer.seek(tp, verdict.rewind_to)
+
+    async def _in_sequence(self, msg: Any, now: float) -> bool:
+        verdict = self.continuity.admit(msg.tp, msg.offset, now)
+        if verdict.admit is Admit.PROCESS:
+            return True
+        if verdict.admit is Admit.REWIND:
+            log.warning(
+                "%s: offset %d arrived while %d was expected; rewinding to it",
+                msg.tp,
+                msg.offset,
+                verdict.rewind_to,
+            )
+            metrics.INGEST_REWINDS.inc()
+            await self.app.consumer.seek(msg.tp, verdict.rewind_to)
+        # Held back: marked acknowledged so the batch ack does not record it (the offset
+        # commit must not pass the gap); the rewound fetch delivers it again.
+        msg.acked = True
+        self.app.consumer._unacked_messages.discard(msg)
+        return False
 
     def _dead(
         self, msg: Any, raw: bytes | None, rejection: Rejection, received_at: datetime

@@ -15,8 +15,9 @@ The rules, exactly (all thresholds are `GhostSettings` fields; µs precision):
   reported (at the report's event time, via the timer, if the report is ahead of `now`) or
   is out of scope. Trigger: S, so there is one per order and system.
 * **orphan_order** (warning; systems [erp, the systems that have it]): the order has events
-  from CRM/WMS/logistics but none from the ERP at or before `now`, and `now >= ` first
-  non-ERP event + 30 min. Resolves when the ERP reports the order. Trigger: none (one per order).
+  from CRM/WMS/logistics but none from the ERP at or before `now`, and `now` is at least 30 min
+  after the first non-ERP event. Resolves when the ERP reports the order. Trigger: none (one
+  per order).
 * **status_conflict**: the *blamed* systems are the in-scope systems whose latest phase
   differs from the ERP's (a system that has not reported is `missing_in_system`, not a
   conflict), plus, while the ERP says `cancelled`, a WMS or carrier showing `shipped` or
@@ -45,6 +46,17 @@ a non-contradiction status_conflict when the ERP or every blamed system is silen
 already open stay open. `GhostOutcome.held` names the sources that held something back; the
 wiring parks the order under them (`TimerWheel.hold`) and re-evaluates it when the source
 catches up (`TimerWheel.release`): the flags then fire if still true.
+
+Wiring, per event for order X (watermark `wm` after observing it; `silent` from freshness):
+
+    for due in wheel.due(wm) until empty:      # before applying the event
+        evaluate(due.order_id, now=due.at)     # each at its own deadline
+    join.apply(state_X, event); out = rules.evaluate(state_X, ghosts_X, wm, wall, silent)
+    wheel.schedule(X, out.next_deadline); for s in out.held: wheel.hold(X, s)
+
+and on every idle watermark advance, the same `due` loop. Evaluating a due order at its own
+deadline, on the state before the event that moved the watermark, makes the anomalies the
+same whatever the batching (the property the tests check against a scan).
 """
 
 from __future__ import annotations
