@@ -1,0 +1,1 @@
+"""Deployment assets: dashboards, alert rules, compose and Kubernetes manifests."""
