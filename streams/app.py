@@ -34,8 +34,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # One request per message (linger 0) costs ~45% throughput and most broker CPU.
         "producer_linger": 0.05,
         "producer_max_batch_size": 262_144,
-        # Room for two ingest batches, so the consumer rarely blocks on a full buffer.
-        "stream_buffer_maxsize": 2 * settings.ingest_batch_max,
+        # Room for four ingest batches, so the consumer rarely blocks on a full buffer.
+        "stream_buffer_maxsize": 4 * settings.ingest_batch_max,
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_bind": settings.web_host,
