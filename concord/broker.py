@@ -53,6 +53,20 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def worker_env(broker_url: str, data_dir: Path, **settings: object) -> dict[str, str]:
+    """Environment for a `concord worker` process on the embedded broker.
+
+    The parent's CONCORD_* variables are dropped so only the given settings apply;
+    `settings` are Settings field names (web_port=6067 -> CONCORD_WEB_PORT=6067).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
+    env["CONCORD_BROKER_URL"] = broker_url
+    env["CONCORD_EMBEDDED_BROKER"] = "true"
+    env["CONCORD_DATA_DIR"] = str(data_dir)
+    env.update({f"CONCORD_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
 @dataclass
 class EmbeddedBroker:
     """A running tansu process on loopback with in-memory storage."""

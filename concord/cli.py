@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from concord.terminal import console, progress_bar
 from schemas.settings import Settings, SettingsError, load_settings
 
 cli = typer.Typer(
@@ -22,7 +21,6 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML settings file (CONCORD_CONFIG)")
@@ -110,14 +108,8 @@ def publish(
 
     async def run() -> Any:
         await ensure_topics(settings)
-        with Progress(
-            TextColumn("publishing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
-            task = bar.add_task("publish", total=total)
+        with progress_bar() as bar:
+            task = bar.add_task("publishing", total=total)
             return await do_publish(
                 settings, files, validate=validate, progress=lambda n: bar.advance(task, n)
             )

@@ -9,7 +9,6 @@ Ctrl-C (or --duration).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -18,31 +17,15 @@ import time
 from pathlib import Path
 
 import httpx
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from concord.broker import BrokerError, start_broker
+from concord.broker import BrokerError, start_broker, worker_env
 from concord.publish import publish
 from concord.scenario import ScenarioConfig, generate, write_jsonl, write_labels
+from concord.terminal import console, progress_bar
 from schemas.settings import Settings
+from sinks.metrics import metric_samples
 from streams.topics import ensure_topics
-
-console = Console(stderr=True)
-
-
-def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """Samples of one metric from a Prometheus text page: labels -> value."""
-    out: dict[tuple[tuple[str, str], ...], float] = {}
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        labels_text, value = line[len(name) + 1 :].rsplit("} ", 1)
-        labels = tuple(
-            (k, v.strip('"')) for k, v in (pair.split("=", 1) for pair in labels_text.split(","))
-        )
-        out[labels] = float(value)
-    return out
 
 
 def run_demo(
@@ -62,13 +45,7 @@ def run_demo(
         console.print(f"[red]{exc}[/red]")
         return 1
     settings = Settings(broker_url=broker.url, embedded_broker=True, data_dir=data_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
-    env.update(
-        CONCORD_BROKER_URL=broker.url,
-        CONCORD_EMBEDDED_BROKER="true",
-        CONCORD_DATA_DIR=str(data_dir),
-        CONCORD_WEB_PORT=str(web_port),
-    )
+    env = worker_env(broker.url, data_dir, web_port=web_port)
     worker_log = (data_dir / "worker.log").open("ab")
     worker = subprocess.Popen(
         [sys.executable, "-m", "concord", "worker"],
@@ -92,7 +69,7 @@ def run_demo(
 
         async def send() -> int:
             await ensure_topics(settings)
-            with _progress() as bar:
+            with progress_bar() as bar:
                 task = bar.add_task("publishing", total=lines)
                 report = await publish(
                     settings, [feed], validate=False, progress=lambda n: bar.advance(task, n)
@@ -135,20 +112,10 @@ def run_demo(
         console.print(f"stopped. Data and logs are in {data_dir}")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def _wait_for_worker(
     url: str, total: int, worker: subprocess.Popen[bytes], stop: threading.Event
 ) -> str | None:
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("processing", total=total)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not stop.is_set():

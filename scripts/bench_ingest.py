@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,10 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from concord.broker import free_port, start_broker
+from concord.broker import free_port, start_broker, worker_env
 from concord.scenario import iter_bench_events
 from schemas.settings import Settings
+from sinks.metrics import metric_samples
 from streams.topics import TopicNames, ensure_topics
 
 PREFIX = "bench"
@@ -91,11 +91,7 @@ async def plain_loop(bootstrap: str, names: TopicNames, n: int) -> float:
 
 def processed(port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("concord_events_total{")
-    )
+    return sum(metric_samples(text, "concord_events_total").values())
 
 
 def profile_format(path: str) -> str:
@@ -104,14 +100,8 @@ def profile_format(path: str) -> str:
 
 def faust_worker(broker_url: str, n: int, data_dir: Path, profile: str | None) -> float:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
-    env.update(
-        CONCORD_BROKER_URL=broker_url,
-        CONCORD_EMBEDDED_BROKER="true",
-        CONCORD_TOPIC_PREFIX=PREFIX,
-        CONCORD_APP_ID="bench-concord",
-        CONCORD_DATA_DIR=str(data_dir),
-        CONCORD_WEB_PORT=str(port),
+    env = worker_env(
+        broker_url, data_dir, topic_prefix=PREFIX, app_id="bench-concord", web_port=port
     )
     cmd = [sys.executable, "-m", "concord", "worker"]
     log = (data_dir / "worker.log").open("wb")

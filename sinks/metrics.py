@@ -113,6 +113,20 @@ CLICKHOUSE_BACKLOG = Gauge(
 CLICKHOUSE_ROWS = Counter("concord_clickhouse_rows", "Rows written to ClickHouse", ["table"])
 
 
+def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of one labelled metric from a Prometheus text page: sorted labels -> value."""
+    out: dict[tuple[tuple[str, str], ...], float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels_text, value = line[len(name) + 1 :].rsplit("} ", 1)
+        labels = tuple(
+            (k, v.strip('"')) for k, v in (pair.split("=", 1) for pair in labels_text.split(","))
+        )
+        out[labels] = float(value)
+    return out
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics page body and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -79,7 +80,7 @@ class IngestStage:
         received_at = datetime.now(UTC)
         out: list[Outgoing] = []
         touched: dict[str, tuple[int, RefState]] = {}
-        counts: dict[tuple[str, str], int] = {}
+        counts: Counter[tuple[str, str]] = Counter()
         latest_event_time: dict[Source, datetime] = {}
 
         store = self.table.data  # the store itself: Table.get adds per-call bookkeeping
@@ -94,17 +95,14 @@ class IngestStage:
             decoded = self.rules.decode(raw, source)
             if isinstance(decoded, Rejection):
                 out.append(self._dead(msg, raw, decoded, received_at))
-                counts[(source.value, Outcome.REJECTED.value)] = (
-                    counts.get((source.value, Outcome.REJECTED.value), 0) + 1
-                )
+                counts[(source.value, Outcome.REJECTED.value)] += 1
                 continue
             assert raw is not None
             key = state_key(source, decoded.order_ref)
             entry = touched.get(key)
             state = entry[1] if entry else RefState.from_json(store.get(key))
             applied = self.rules.apply(decoded, raw, state, received_at)
-            outcome = applied.outcome.value
-            counts[(source.value, outcome)] = counts.get((source.value, outcome), 0) + 1
+            counts[(source.value, applied.outcome.value)] += 1
             if applied.rejection is not None:
                 out.append(self._dead(msg, raw, applied.rejection, received_at))
                 continue
@@ -167,30 +165,25 @@ class IngestStage:
             verdict = self.continuity.audit(tp, await consumer.position(tp), now)
             if verdict.admit is Admit.REWIND:
                 assert verdict.rewind_to is not None
-                log.warning(
-                    "%s: fetch position is past offset %d; rewinding", tp, verdict.rewind_to
-                )
-                metrics.INGEST_REWINDS.inc()
-                await consumer.seek(tp, verdict.rewind_to)
+                await self._rewind(tp, verdict.rewind_to, "the fetch position is past it")
 
     async def _in_sequence(self, msg: Any, now: float) -> bool:
         verdict = self.continuity.admit(msg.tp, msg.offset, now)
         if verdict.admit is Admit.PROCESS:
             return True
         if verdict.admit is Admit.REWIND:
-            log.warning(
-                "%s: offset %d arrived while %d was expected; rewinding to it",
-                msg.tp,
-                msg.offset,
-                verdict.rewind_to,
-            )
-            metrics.INGEST_REWINDS.inc()
-            await self.app.consumer.seek(msg.tp, verdict.rewind_to)
+            assert verdict.rewind_to is not None
+            await self._rewind(msg.tp, verdict.rewind_to, f"offset {msg.offset} arrived")
         # Held back: marked acknowledged so the batch ack does not record it (the offset
         # commit must not pass the gap); the rewound fetch delivers it again.
         msg.acked = True
         self.app.consumer._unacked_messages.discard(msg)
         return False
+
+    async def _rewind(self, tp: Any, offset: int, why: str) -> None:
+        log.warning("%s: rewinding to expected offset %d (%s)", tp, offset, why)
+        metrics.INGEST_REWINDS.inc()
+        await self.app.consumer.seek(tp, offset)
 
     def _dead(
         self, msg: Any, raw: bytes | None, rejection: Rejection, received_at: datetime

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from concord.broker import free_port
+from concord.broker import free_port, worker_env
 
 
 @dataclass
@@ -82,28 +82,19 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def worker_env(broker_url: str, data_dir: Path, prefix: str, **extra: str) -> dict[str, str]:
-    """Environment for a test worker: its own topics, group and data dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
-    env.update(
-        {
-            "CONCORD_BROKER_URL": broker_url,
-            "CONCORD_EMBEDDED_BROKER": "true",
-            "CONCORD_TOPIC_PREFIX": prefix,
-            "CONCORD_APP_ID": prefix,
-            "CONCORD_TOPIC_PARTITIONS": "4",
-            "CONCORD_DATA_DIR": str(data_dir),
-            "CONCORD_INGEST_BATCH_WITHIN": "0.2",
-        }
+def new_worker(broker_url: str, tmp: Path, prefix: str, **extra: str) -> WorkerProcess:
+    """A worker process (not started yet) with its own topics, group and data dir."""
+    env = worker_env(
+        broker_url,
+        tmp / "data",
+        topic_prefix=prefix,
+        app_id=prefix,
+        topic_partitions=4,
+        ingest_batch_within=0.2,
     )
     env.update(extra)
-    return env
-
-
-def new_worker(broker_url: str, tmp: Path, prefix: str, **extra: str) -> WorkerProcess:
-    """A worker process (not started yet)."""
     return WorkerProcess(
-        env=worker_env(broker_url, tmp / "data", prefix, **extra),
+        env=env,
         log_path=tmp / f"{prefix}-worker.log",
         web_port=free_port(),
     )

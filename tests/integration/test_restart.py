@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from sinks.metrics import metric_samples
 from tests.feeds import build_feed
 from tests.integration.harness import produce, read_all
 
@@ -105,8 +106,8 @@ def test_restarted_worker_remembers_every_reference(broker, spawn, prefix):
     # the stopping worker's last commit did not land).
     resent = len(feed.records) - dead_before
     total = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("concord_events_total{") and 'outcome="duplicate"' in line
+        n
+        for labels, n in metric_samples(metrics, "concord_events_total").items()
+        if ("outcome", "duplicate") in labels
     )
     assert total >= resent
