@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field(default="concord", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     status_map_file: Path | None = None
+    routing_file: Path | None = Field(
+        default=None, description="YAML routing rules (anomaly → team); built-in rules if unset"
+    )
 
     # Worker
     web_host: str = "127.0.0.1"
@@ -61,6 +65,21 @@ class Settings(BaseSettings):
         description="Step each fetched message's delivery inline before falling back to "
         "Faust's wait_first (streams/faust_consumer.py); off restores Faust's drain loop",
     )
+    allowed_lateness: timedelta = Field(
+        default=timedelta(minutes=2),
+        description="How late an event may arrive before the watermark has passed it",
+    )
+    watermark_idle_after: timedelta = Field(
+        default=timedelta(seconds=60),
+        description="With no event for this long (wall time), the watermark follows the wall clock",
+    )
+    order_retention: timedelta = Field(
+        default=timedelta(days=35),
+        description="How long a finished (or never-linked) order stays in the per-order state",
+    )
+    clickhouse_enabled: bool = Field(
+        default=True, description="Write events, order states, anomalies and KPIs to ClickHouse"
+    )
     broker_session_timeout: float = Field(default=30.0, gt=0)
     broker_heartbeat_interval: float = Field(default=3.0, gt=0)
     broker_rebalance_timeout: float = Field(default=60.0, gt=0)
@@ -72,7 +91,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with kafka:// (e.g. kafka://127.0.0.1:9092)")
         return value
 
-    @field_validator("status_map_file")
+    @field_validator("status_map_file", "routing_file")
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

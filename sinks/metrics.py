@@ -58,6 +58,9 @@ INGEST_REWINDS = Counter(
 INGEST_BATCH_SECONDS = Gauge(
     "concord_ingest_batch_seconds", "Wall time spent on the latest ingest batch"
 )
+ORDER_BATCH_SECONDS = Gauge(
+    "concord_order_batch_seconds", "Wall time spent on the latest per-order batch"
+)
 REFRESH_LATENCY = Histogram(
     "concord_status_refresh_latency_seconds",
     "ERP phase change to the same phase visible in the target system (event time)",

@@ -8,11 +8,14 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from schemas.privacy import phone_hash
+from schemas.routing import load_routing
 from schemas.settings import Settings
 from schemas.status_map import load_status_map
 from sinks import metrics
 from streams import faust_consumer, tansu
 from streams.ingest import IngestStage
+from streams.orders import OrderStage
 from streams.rules.ingest import IngestRules
 from streams.topics import TopicNames, kafka_auth
 
@@ -79,15 +82,66 @@ def create_app(settings: Settings) -> faust.App:
         ):
             await stage.process(batch)
 
+    normalized_topic = app.topic(names.normalized, key_type=bytes, value_type=bytes)
+    # bytes keys are raw on the changelog, so Faust routes /orders/{id} by the same
+    # partitioner that placed the order on concord.normalized; values are JSON.
+    order_table = app.Table("order-state", key_type=bytes)
+    orders = OrderStage(
+        app,
+        order_table,
+        names,
+        settings,
+        load_routing(settings.routing_file),
+        end_marker_key=tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None,
+    )
+
+    @app.agent(normalized_topic, name="orders")
+    async def join_orders(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(
+            settings.ingest_batch_max, within=settings.ingest_batch_within
+        ):
+            await orders.process(batch)
+
     @app.timer(2.0)
     async def audit_positions() -> None:
         await stage.audit_positions()
+        await orders.audit_positions()
+
+    @app.timer(1.0)
+    async def advance_event_time() -> None:
+        await orders.tick()
+
+    @app.timer(300.0)
+    async def evict_finished_orders() -> None:
+        await orders.evict()
 
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
             body, content_type = metrics.exposition()
             return web.Response(body=body, headers={"Content-Type": content_type})
+
+    @app.page("/kpis")
+    class KpiView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(orders.kpis())
+
+    @app.page("/orders/{order_id}")
+    class OrderView(View):
+        @app.table_route(table=order_table, match_info="order_id")
+        async def get(self, request: Request, order_id: str) -> Response:
+            view = orders.order_view(order_id)
+            if view is None:
+                return self.json({"error": f"unknown order {order_id!r}"}, status=404)
+            return self.json(view)
+
+    @app.page("/orders")
+    class OrderSearch(View):
+        async def get(self, request: Request) -> Response:
+            phone = request.query.get("phone", "").strip()
+            if not phone:
+                return self.json({"error": "give ?phone=… to find a customer's orders"}, status=400)
+            return self.json({"orders": orders.orders_by_phone(phone_hash(phone))})
 
     @app.page("/health")
     class HealthView(View):

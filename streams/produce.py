@@ -43,10 +43,7 @@ class BatchProducer:
     async def _partition_of(self, producer: AIOKafkaProducer, record: Outgoing) -> int:
         if record.partition is not None:
             return record.partition
-        partitions = self._partitions.get(record.topic)
-        if partitions is None:
-            partitions = sorted(await producer.partitions_for(record.topic))
-            self._partitions[record.topic] = partitions
+        partitions = await self.partitions(record.topic)
         if record.key is None:
             return random.choice(partitions)
         cache_key = (record.topic, record.key)
@@ -59,11 +56,13 @@ class BatchProducer:
             self._by_key[cache_key] = partition
         return partition
 
-    @staticmethod
-    async def _ship(producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> Any:
-        # A closed batch goes out at once: it does not linger for more records.
-        batch.close()
-        return await producer.send_batch(batch, topic, partition=partition)
+    async def partitions(self, topic: str) -> list[int]:
+        """The topic's partition numbers, from the producer's metadata."""
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = sorted(await self._aiokafka().partitions_for(topic))
+            self._partitions[topic] = partitions
+        return partitions
 
     async def send(self, records: Iterable[Outgoing]) -> int:
         """Produce `records`, preserving their order per partition; return the batch count."""

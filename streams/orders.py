@@ -1,0 +1,492 @@
+"""Per-order stage wiring: normalised events in, the joined order state, KPIs and ghosts out.
+
+The rules live in streams.rules (order_state, watermark, refresh_latency, consistency,
+ghosts, freshness, lifecycle, routing); this class feeds them one batch of
+`concord.normalized` (keyed by master order id) at a time, publishes what they emit, and
+writes each touched order's state once per batch on its own changelog partition.
+
+The KPI aggregates (latency windows, consistency population, timers, open ghosts, the phone
+index) are derived from the order states this worker owns: they live in memory and are
+rebuilt from the table after every partition assignment. They describe this worker's
+partitions; with one worker (the default) that is every order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.types import EventT, TableT
+
+from schemas.anomalies import Anomaly, AnomalyState, Command
+from schemas.routing import RoutingTable
+from schemas.settings import Settings
+from schemas.stages import PHASE_OF, Source
+from sinks import metrics
+from streams.produce import Outgoing
+from streams.rules.consistency import ConsistencyTracker
+from streams.rules.freshness import SourceFreshness
+from streams.rules.ghosts import GhostRules, GhostState, TimerWheel
+from streams.rules.lifecycle import OpenGhosts
+from streams.rules.order_state import (
+    OrderJoin,
+    OrderState,
+    Outcome,
+    is_evictable,
+    observations_of,
+)
+from streams.rules.refresh_latency import TARGETS, LatencyWindow, Observation
+from streams.rules.routing import AutoRoutingRate
+from streams.rules.watermark import Watermark, as_us, from_us, parse_us
+from streams.stage import PartitionedStage
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+_SOURCES = {s.value: s for s in Source}
+
+
+def order_key(key: Any) -> bytes:
+    """Table and changelog key of an order: its id's UTF-8 bytes, as on concord.normalized."""
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
+@dataclass(slots=True)
+class OrderEntry:
+    """One order as the stage holds it during a batch."""
+
+    partition: int
+    state: OrderState
+    ghosts: GhostState
+    evict: bool = False
+
+    def to_json(self) -> dict[str, Any] | None:
+        """The table value (None deletes the order)."""
+        if self.evict:
+            return None
+        value: dict[str, Any] = {"s": self.state.to_json()}
+        if not self.ghosts.is_empty:
+            value["g"] = self.ghosts.to_json()
+        return value
+
+    @classmethod
+    def from_json(cls, partition: int, order_id: str, raw: dict[str, Any] | None) -> OrderEntry:
+        """The inverse of to_json; None gives a new order."""
+        if raw is None:
+            return cls(partition, OrderState(order_id=order_id), GhostState.new(order_id))
+        return cls(
+            partition,
+            OrderState.from_json(raw["s"]),
+            GhostState.from_json(raw.get("g"), order_id),
+        )
+
+
+class OrderStage(PartitionedStage):
+    """Joins the four systems per order and keeps the KPIs and ghost rules current."""
+
+    def __init__(
+        self,
+        app: Any,
+        table: TableT,
+        topics: TopicNames,
+        settings: Settings,
+        routing: RoutingTable,
+        *,
+        end_marker_key: str | None,
+    ):
+        super().__init__(
+            app, table, [topics.normalized], end_marker_key=end_marker_key, encode_key=order_key
+        )
+        self.topics = topics
+        self.settings = settings
+        self.join = OrderJoin()
+        self.ghost_rules = GhostRules(routing=routing)
+        self.freshness = SourceFreshness(routing=routing)
+        self.watermark = self._new_watermark()
+        self.latency = LatencyWindow()
+        self.consistency = ConsistencyTracker()
+        self.wheel = TimerWheel()
+        self.open_ghosts = OpenGhosts()
+        self.routing_rate = AutoRoutingRate()
+        self.phones: dict[str, set[str]] = {}
+        self.lock = asyncio.Lock()  # the agent and the timers never interleave on one state
+        self._built_for: int | None = None
+        self._partitions = 0
+        self._touched: dict[bytes, OrderEntry] = {}
+        self._out: list[Outgoing] = []
+
+    def _new_watermark(self) -> Watermark:
+        return Watermark(self.settings.allowed_lateness, self.settings.watermark_idle_after)
+
+    # --- the agent ------------------------------------------------------------------------
+
+    async def process(self, events: Sequence[EventT]) -> None:
+        """Apply a batch of normalised events to their orders; publish and persist the results."""
+        async with self.lock:
+            await self._ensure_built()
+            await self._baselines({e.message.tp for e in events})
+            started = time.perf_counter()
+            wall = datetime.now(UTC)
+            wall_us = as_us(wall)
+            now = time.monotonic()
+            for event in events:
+                msg = event.message
+                if not await self._in_sequence(msg, now):
+                    continue
+                self._apply(msg.partition, orjson.loads(event.value), wall, wall_us)
+            await self._flush()
+            metrics.ORDER_BATCH_SECONDS.set(time.perf_counter() - started)
+
+    def _apply(self, partition: int, body: dict[str, Any], wall: datetime, wall_us: int) -> None:
+        source = _SOURCES[body["source"]]
+        event_us = parse_us(body["occurred_at"])
+        wm_us = self.watermark.observe_us(event_us, wall_us)
+        caught = self.freshness.observe_us(
+            source, event_us, wall_us, event_id=body["event_id"], status=body.get("status", "")
+        )
+        if caught is not None:
+            self.wheel.release(caught.source, from_us(wm_us))
+            if caught.anomaly is not None:
+                self._emit(caught.anomaly)
+        watermark = from_us(wm_us)
+        self._run_due(watermark, wall)
+
+        key = order_key(body["order_id"])
+        entry = self._entry(key, partition)
+        had_phone = entry.state.facts.phone_hash if entry.state.facts else None
+        change = self.join.apply(entry.state, body)
+        if change.outcome is Outcome.DUPLICATE:
+            return
+        for obs in change.observations:
+            self._observe_latency(obs, record=not obs.revised)
+        self.consistency.apply(change)
+        phone = entry.state.facts.phone_hash if entry.state.facts else None
+        if phone != had_phone:
+            self._index_phone(entry.state.order_id, had_phone, phone)
+        self._evaluate(entry, watermark, wall)
+
+    def _observe_latency(self, obs: Observation, *, record: bool) -> None:
+        if self.latency.add(obs) and record:
+            metrics.REFRESH_LATENCY.labels(obs.target.value).observe(obs.latency_seconds)
+            if obs.skew:
+                metrics.REFRESH_SKEW.labels(obs.target.value).inc()
+
+    def _entry(self, key: bytes, partition: int | None = None) -> OrderEntry:
+        entry = self._touched.get(key)
+        if entry is None:
+            raw = self.table.data.get(key)
+            if partition is None:
+                partition = self._partition_of(key)
+            entry = OrderEntry.from_json(partition, key.decode(), raw)
+            self._touched[key] = entry
+        return entry
+
+    def _evaluate(self, entry: OrderEntry, now: datetime, wall: datetime) -> None:
+        state = entry.state
+        outcome = self.ghost_rules.evaluate(
+            state, entry.ghosts, now, wall, silent=self.freshness.silent
+        )
+        self.wheel.schedule(state.order_id, outcome.next_deadline)
+        for source in outcome.held:
+            self.wheel.hold(state.order_id, source)
+        for emit in outcome.emits:
+            self._emit(emit)
+
+    def _run_due(self, watermark: datetime, wall: datetime) -> None:
+        # Each due order is looked at its own deadline, before the event that moved the
+        # watermark is applied (see TimerWheel); repeat until nothing more is due.
+        while due := self.wheel.due(watermark):
+            for order_id, at in due:
+                key = order_key(order_id)
+                if key not in self._touched and key not in self.table.data:
+                    continue
+                self._evaluate(self._entry(key), at, wall)
+
+    def _emit(self, emit: Anomaly | Command) -> None:
+        if isinstance(emit, Command):
+            key = str(emit.payload.get("order_id") or "intake").encode()
+            self._out.append(Outgoing(self.topics.commands, key, emit.model_dump_json().encode()))
+            metrics.COMMANDS.labels(emit.kind.value).inc()
+            return
+        key = (emit.order_id or "intake").encode()
+        self._out.append(Outgoing(self.topics.anomalies, key, emit.model_dump_json().encode()))
+        metrics.ANOMALIES.labels(emit.type.value, emit.state.value).inc()
+        self.open_ghosts.observe(emit)
+        if emit.state is AnomalyState.OPEN:
+            self.routing_rate.add(emit.anomaly_id, emit.opened_at, emit.route.team)
+
+    def _index_phone(self, order_id: str, old: str | None, new: str | None) -> None:
+        if old is not None:
+            orders = self.phones.get(old)
+            if orders is not None:
+                orders.discard(order_id)
+                if not orders:
+                    del self.phones[old]
+        if new is not None:
+            self.phones.setdefault(new, set()).add(order_id)
+
+    async def _flush(self) -> None:
+        # Outputs first, then the states that record them: a crash repeats an anomaly (its id
+        # is deterministic, consumers dedupe) but never loses one.
+        out, self._out = self._out, []
+        touched, self._touched = self._touched, {}
+        if out:
+            await self.producer.send(out)
+        await self._persist({key: (e.partition, e.to_json()) for key, e in touched.items()})
+        self._publish_gauges()
+
+    # --- timers ---------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Advance idle event time, fire due ghost timers, check source freshness (a timer)."""
+        if self.app.rebalancing:
+            return
+        async with self.lock:
+            await self._ensure_built()
+            wall = datetime.now(UTC)
+            watermark = self.watermark.advance_idle(wall)
+            if watermark is None:
+                return
+            self._run_due(watermark, wall)
+            for anomaly in self.freshness.check(wall, watermark):
+                self._emit(anomaly)
+            for source in Source:
+                metrics.SOURCE_SILENT.labels(source.value).set(
+                    int(self.freshness.suppressed(source))
+                )
+            await self._flush()
+
+    async def evict(self) -> int:
+        """Delete finished orders past their retention from the state table (a timer)."""
+        if self.app.rebalancing:
+            return 0
+        async with self.lock:
+            await self._ensure_built()
+            watermark = self.watermark.value
+            if watermark is None:
+                return 0
+            retention = self.settings.order_retention
+            for key, raw in list(self.table.data.items()):
+                if raw is None:
+                    continue
+                state = OrderState.from_json(raw["s"])
+                ghosts = GhostState.from_json(raw.get("g"), state.order_id)
+                if ghosts.book.has_open or not is_evictable(state, watermark, retention):
+                    continue
+                entry = OrderEntry(self._partition_of(key), state, ghosts, evict=True)
+                self._touched[key] = entry
+                self.consistency.remove(state.order_id)
+                self.wheel.cancel(state.order_id)
+                if state.facts is not None:
+                    self._index_phone(state.order_id, state.facts.phone_hash, None)
+            evicted = len(self._touched)
+            await self._flush()
+            if evicted:
+                log.info("evicted %d finished orders past %s", evicted, retention)
+            return evicted
+
+    # --- rebuilding after an assignment ---------------------------------------------------
+
+    async def _ensure_built(self) -> None:
+        generation = self.app.consumer_generation_id
+        if generation == self._built_for:
+            return
+        self._built_for = generation
+        mine = {tp.partition for tp in self.assigned()}
+        self._partitions = await self._partition_count()
+        states: list[tuple[OrderState, GhostState]] = []
+        for key, raw in self.table.data.items():
+            if raw is None or not isinstance(raw, dict) or "s" not in raw:
+                continue
+            if self._partition_of(key) not in mine:
+                continue  # a standby copy of another worker's partition
+            state = OrderState.from_json(raw["s"])
+            states.append((state, GhostState.from_json(raw.get("g"), state.order_id)))
+        self.rebuild(states, datetime.now(UTC))
+        log.info("per-order state: %d orders on partitions %s", len(states), sorted(mine))
+
+    def rebuild(self, orders: Iterable[tuple[OrderState, GhostState]], wall: datetime) -> None:
+        """Start the derived aggregates over from the order states this worker owns."""
+        orders = list(orders)
+        self.watermark = self._new_watermark()
+        last = max((s.last_event_us or 0 for s, _ in orders), default=0)
+        if last:
+            self.watermark.observe_us(last, as_us(wall))
+        watermark = self.watermark.value
+        self.latency = LatencyWindow()
+        self.consistency.rebuild((s for s, _ in orders), watermark)
+        self.wheel = TimerWheel()
+        self.open_ghosts = OpenGhosts()
+        self.routing_rate = AutoRoutingRate()
+        self.phones = {}
+        for state, ghosts in orders:
+            for obs in observations_of(state):
+                self._observe_latency(obs, record=False)
+            if ghosts.next_us is not None:
+                self.wheel.schedule_us(state.order_id, ghosts.next_us)
+            self.open_ghosts.add_book(ghosts.book)
+            for entry in ghosts.book.entries.values():
+                self.routing_rate.add(entry.anomaly_id, from_us(entry.opened_us), entry.team)
+            if state.facts is not None and state.facts.phone_hash:
+                self._index_phone(state.order_id, None, state.facts.phone_hash)
+        if watermark is not None:
+            self.latency.expire(watermark)
+            self.routing_rate.expire(watermark)
+        self._publish_gauges()
+
+    async def _partition_count(self) -> int:
+        partitions = await self.producer.partitions(self.topics.normalized)
+        return len(partitions)
+
+    def _partition_of(self, key: bytes) -> int:
+        # Kafka's default partitioner, as concord.normalized was keyed by the order id.
+        if not self._partitions:
+            return 0
+        return (murmur2(key) & 0x7FFFFFFF) % self._partitions
+
+    # --- what the web views read ----------------------------------------------------------
+
+    def kpis(self) -> dict[str, Any]:
+        """The three KPIs on this worker's orders, at the watermark."""
+        watermark = self.watermark.value
+        latency: dict[str, Any] = {}
+        if watermark is not None:
+            for target in TARGETS:
+                latency[target.value] = {
+                    window: self.latency.stats(target, window, watermark).as_dict()
+                    for window in self.latency.windows
+                }
+            self.consistency.expire(watermark)
+            self.routing_rate.expire(watermark)
+        counts = self.consistency.counts()
+        routing = self.routing_rate.counts()
+        return {
+            "watermark": None if watermark is None else watermark.isoformat(),
+            "orders_tracked": len(self.table.data),
+            "refresh_latency_seconds": latency,
+            "consistency": {
+                "ratio": counts.ratio,
+                "population": counts.population,
+                "consistent": counts.consistent,
+                "disagreeing": {s.value: n for s, n in counts.disagreeing.items()},
+            },
+            "auto_routing": {
+                "ratio": routing.ratio(),
+                "opened": routing.total,
+                "routed": routing.auto,
+            },
+            "ghost_orders": {t.value: n for t, n in self.open_ghosts.ghost_orders().items()},
+            "silent_sources": sorted(s.value for s in self.freshness.silent),
+        }
+
+    def order_view(self, order_id: str) -> dict[str, Any] | None:
+        """The cross-system view of one order this worker owns, None when unknown."""
+        raw = self.table.data.get(order_key(order_id))
+        if raw is None:
+            return None
+        entry = OrderEntry.from_json(0, order_id, raw)
+        return order_view(entry.state, entry.ghosts, self.watermark.value)
+
+    def orders_by_phone(self, phone_hash: str) -> list[dict[str, Any]]:
+        """Views of this worker's orders placed with that phone (matched on its hash)."""
+        views = (self.order_view(o) for o in sorted(self.phones.get(phone_hash, ())))
+        return [v for v in views if v is not None]
+
+    def _publish_gauges(self) -> None:
+        watermark = self.watermark.value
+        if watermark is None:
+            return
+        metrics.WATERMARK.set(watermark.timestamp())
+        self.consistency.expire(watermark)
+        counts = self.consistency.counts()
+        metrics.CONSISTENCY_POPULATION.set(counts.population)
+        if counts.ratio is not None:
+            metrics.CONSISTENCY_RATIO.set(counts.ratio)
+        for source, n in counts.disagreeing.items():
+            metrics.DISAGREEING.labels(source.value).set(n)
+        for target in TARGETS:
+            for window in self.latency.windows:
+                stats = self.latency.stats(target, window, watermark)
+                for quantile, value in (("0.5", stats.median), ("0.95", stats.p95)):
+                    if value is not None:
+                        metrics.REFRESH_LATENCY_EXACT.labels(target.value, window, quantile).set(
+                            value
+                        )
+        self.routing_rate.expire(watermark)
+        ratio = self.routing_rate.ratio()
+        if ratio is not None:
+            metrics.AUTO_ROUTING_RATIO.set(ratio)
+        ghosts = self.open_ghosts.ghost_orders()
+        for type_, n in ghosts.items():
+            metrics.GHOST_ORDERS.labels(type_.value).set(n)
+        for (type_, team), n in self.open_ghosts.open_anomalies().items():
+            metrics.OPEN_ANOMALIES.labels(type_.value, team.value).set(n)
+        metrics.ORDERS_TRACKED.set(len(self.table.data))
+
+
+def order_view(state: OrderState, ghosts: GhostState, watermark: datetime | None) -> dict[str, Any]:
+    """Order 360: each system's id, stage and last update, its lag behind the ERP, anomalies."""
+    erp_phase = state.erp_phase
+    disagreeing = state.disagreeing()
+    scope = state.scope()
+    entered_us = None if erp_phase is None else state.phase_entered_us(erp_phase)
+    latencies = {
+        obs.target: obs.latency_seconds
+        for obs in observations_of(state)
+        if erp_phase is not None and obs.phase is erp_phase
+    }
+    systems: dict[str, Any] = {}
+    for source in Source:
+        view = state.view(source)
+        if view is None:
+            systems[source.value] = {"reported": False, "in_scope": source in scope}
+            continue
+        behind: float | None = None
+        if disagreeing and source in disagreeing and entered_us and watermark is not None:
+            behind = max(0.0, (as_us(watermark) - entered_us) / 1e6)
+        systems[source.value] = {
+            "reported": True,
+            "in_scope": source in scope,
+            "order_ref": view.ref,
+            "stage": None if view.stage is None else view.stage.value,
+            "phase": None if view.stage is None else PHASE_OF[view.stage].value,
+            "status": view.status,
+            "updated_at": from_us(view.at_us).isoformat() if view.stage is not None else None,
+            "last_seen_at": from_us(view.seen_us).isoformat(),
+            "marker": None if view.marker is None else view.marker.value,
+            "refresh_latency_seconds": latencies.get(source),
+            "behind_erp_seconds": behind,
+        }
+    facts = state.facts
+    now = watermark or datetime.now(UTC)
+    return {
+        "order_id": state.order_id,
+        "erp_phase": None if erp_phase is None else erp_phase.value,
+        "consistent": None if disagreeing is None else not disagreeing,
+        "disagreeing": [s.value for s in disagreeing or ()],
+        "order": None
+        if facts is None
+        else {
+            "customer_id": facts.customer_id,
+            "channel": facts.channel,
+            "vip": facts.vip,
+            "priority": facts.priority,
+            "amount": facts.amount,
+            "currency": facts.currency,
+            "placed_at": from_us(facts.placed_at_us).isoformat() if facts.placed_at_us else None,
+        },
+        "tracking": {"carrier": state.carrier, "tracking_no": state.tracking_no},
+        "systems": systems,
+        "anomalies": [
+            orjson.loads(e.anomaly(state.order_id, now).model_dump_json())
+            for e in ghosts.book.open_entries()
+        ],
+        "watermark": None if watermark is None else watermark.isoformat(),
+    }

@@ -1,0 +1,147 @@
+"""What every keyed Faust stage here shares: in-order delivery per partition, and state
+written once per key per batch on the key's own changelog partition.
+
+A stage subclasses `PartitionedStage`, calls `_baselines` then `_in_sequence` for each record
+of a batch, and hands the states it touched to `_persist` after its outputs are acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from faust.types import TableT
+
+from sinks import metrics
+from streams.produce import BatchProducer, Outgoing
+from streams.rules.continuity import Admit, OffsetContinuity
+
+log = logging.getLogger(__name__)
+
+
+class PartitionedStage:
+    """Offset continuity for the stage's input topics, and per-key state persistence."""
+
+    def __init__(
+        self,
+        app: Any,
+        table: TableT,
+        input_topics: Iterable[str],
+        *,
+        end_marker_key: str | None,
+        encode_key: Any = orjson.dumps,
+    ):
+        self.app = app
+        self.table = table
+        self.input_topics = frozenset(input_topics)
+        self.end_marker_key = end_marker_key
+        self.encode_key = encode_key
+        self.changelog = table.changelog_topic.get_topic_name()
+        self.producer = BatchProducer(app)
+        self.continuity: OffsetContinuity[Any] = OffsetContinuity()
+        self._generation: int | None = None
+
+    def reassigned(self) -> bool:
+        """Whether the group rebalanced since the last batch (then positions start over)."""
+        return self.app.consumer_generation_id != self._generation
+
+    async def _baselines(self, partitions: set[Any]) -> None:
+        # After every (re)assignment, each partition's first expected offset is its committed
+        # offset, or the log start when the group has committed nothing there yet.
+        generation = self.app.consumer_generation_id
+        if generation != self._generation:
+            self.continuity.reset()
+            self._generation = generation
+        consumer = self.app.consumer
+        unknown = {tp for tp in partitions if not self.continuity.knows(tp)}
+        if not unknown:
+            return
+        missing = set()
+        for tp in unknown:
+            committed = consumer._committed_offset.get(tp)
+            if committed is not None:
+                self.continuity.start_at(tp, committed)
+            else:
+                missing.add(tp)
+        if missing:
+            starts = {
+                tp: offset if offset is not None and offset >= 0 else 0
+                for tp, offset in (await consumer.earliest_offsets(*missing)).items()
+            }
+            for tp, offset in starts.items():
+                self.continuity.start_at(tp, offset)
+            # A group with no committed offset is where positions were seen to jump after a
+            # restart: give every partition a committed starting point at once.
+            await consumer._commit(starts)
+
+    def assigned(self) -> set[Any]:
+        """This worker's partitions of the stage's input topics."""
+        return {tp for tp in self.app.consumer.assignment() if tp.topic in self.input_topics}
+
+    async def audit_positions(self) -> None:
+        """Rewind partitions whose fetch position jumped past records silently (a timer)."""
+        if self.app.rebalancing:
+            return
+        consumer = self.app.consumer
+        # Every assigned input partition, including those no record has reached yet.
+        await self._baselines(self.assigned())
+        now = time.monotonic()
+        for tp in self.continuity.partitions():
+            verdict = self.continuity.audit(tp, await consumer.position(tp), now)
+            if verdict.admit is Admit.REWIND:
+                assert verdict.rewind_to is not None
+                await self._rewind(tp, verdict.rewind_to, "the fetch position is past it")
+
+    async def _in_sequence(self, msg: Any, now: float) -> bool:
+        verdict = self.continuity.admit(msg.tp, msg.offset, now)
+        if verdict.admit is Admit.PROCESS:
+            return True
+        if verdict.admit is Admit.REWIND:
+            assert verdict.rewind_to is not None
+            await self._rewind(msg.tp, verdict.rewind_to, f"offset {msg.offset} arrived")
+        # Held back: marked acknowledged so the batch ack does not record it (the offset
+        # commit must not pass the gap); the rewound fetch delivers it again.
+        msg.acked = True
+        self.app.consumer._unacked_messages.discard(msg)
+        return False
+
+    async def _rewind(self, tp: Any, offset: int, why: str) -> None:
+        log.warning("%s: rewinding to expected offset %d (%s)", tp, offset, why)
+        metrics.INGEST_REWINDS.inc()
+        await self.app.consumer.seek(tp, offset)
+
+    async def _persist(self, touched: Mapping[Any, tuple[int, Any]]) -> None:
+        # One changelog record per key per batch, on the partition of the key's own events
+        # (Faust would use the partition of the batch's last event for every key). Sent and
+        # acknowledged here rather than through Faust's send_soon buffer, whose flush gives
+        # up after 0.1 s: the offset commit must never overtake the state it depends on.
+        # A value of None deletes the key (a tombstone).
+        if not touched:
+            return
+        store = self.table.data
+        records = []
+        for key, (partition, value) in touched.items():
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+            records.append(
+                Outgoing(
+                    self.changelog,
+                    self.encode_key(key),
+                    None if value is None else orjson.dumps(value),
+                    None,
+                    partition,
+                )
+            )
+        await self.producer.send(records)
+        if self.end_marker_key is not None:
+            # tansu: close each touched partition with a one-record batch (streams/tansu.py).
+            marker = self.encode_key(self.end_marker_key)
+            partitions = {partition for partition, _ in touched.values()}
+            await self.producer.send(
+                Outgoing(self.changelog, marker, None, None, p) for p in sorted(partitions)
+            )

@@ -1,0 +1,122 @@
+"""The per-order join through the real broker: /kpis against an independent §4 computation,
+and the order 360 lookups."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+
+from concord.scenario import ScenarioConfig, encode, generate
+from schemas.privacy import normalize_phone
+from tests.integration.harness import produce, read_all
+from tests.kpi_oracle import Oracle, median, p95
+
+pytestmark = pytest.mark.integration
+
+
+def _settled_topic(bootstrap: str, topic: str, within: float = 120.0) -> list[dict]:
+    # Ingest is done once the topic stops growing (two reads a few seconds apart agree).
+    deadline = time.monotonic() + within
+    last = -1
+    while time.monotonic() < deadline:
+        records = asyncio.run(read_all(bootstrap, [topic]))
+        if records and len(records) == last:
+            return [orjson.loads(r.value) for r in records]
+        last = len(records)
+        time.sleep(2)
+    raise AssertionError(f"{topic} never settled ({last} records)")
+
+
+def _wait_for_kpis(worker, until, within: float = 120.0) -> dict:
+    deadline = time.monotonic() + within
+    kpis: dict = {}
+    while time.monotonic() < deadline:
+        kpis = httpx.get(worker.url("/kpis"), timeout=10).json()
+        if until(kpis):
+            return kpis
+        time.sleep(0.5)
+    raise AssertionError(f"KPIs never settled: {kpis}\n{worker.log_tail()}")
+
+
+def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, prefix):
+    scenario = generate(ScenarioConfig(seed=11, hours=24, orders=400, promo_peak=False))
+    records = []
+    for entry in scenario.events:
+        source, value = encode(entry)
+        records.append((f"{prefix}.{source}.events", entry["order_ref"].encode(), value))
+    # Idle fallback off for the test: the watermark must stay at max event time - lateness.
+    worker = spawn(CONCORD_WATERMARK_IDLE_AFTER="PT1H")
+    bootstrap = f"127.0.0.1:{broker.port}"
+    asyncio.run(produce(bootstrap, records))
+
+    events = _settled_topic(bootstrap, f"{prefix}.normalized")
+    assert len(events) > 2000
+    newest = max(datetime.fromisoformat(e["occurred_at"]) for e in events)
+    want_wm = newest - timedelta(minutes=2)
+    oracle = Oracle(events)
+
+    def settled(kpis: dict) -> bool:
+        return (
+            kpis.get("watermark") is not None
+            and kpis["consistency"]["population"]
+            == (oracle.consistency(datetime.fromisoformat(kpis["watermark"]))[1])
+        )
+
+    kpis = _wait_for_kpis(worker, settled)
+    wm = datetime.fromisoformat(kpis["watermark"])
+    assert wm == want_wm
+
+    consistent, population = oracle.consistency(wm)
+    assert kpis["consistency"]["population"] == population
+    assert kpis["consistency"]["consistent"] == consistent
+    assert kpis["consistency"]["ratio"] == pytest.approx(consistent / population)
+    assert 0 < consistent < population  # planted ghosts disagree
+
+    for target in ("crm", "wms", "logistics"):
+        for window, span in (("1h", timedelta(hours=1)), ("24h", timedelta(hours=24))):
+            values = oracle.latencies(target, wm, span)
+            got = kpis["refresh_latency_seconds"][target][window]
+            assert got["count"] == len(values), (target, window)
+            assert got["median"] == pytest.approx(median(values)), (target, window)
+            assert got["p95"] == pytest.approx(p95(values)), (target, window)
+    assert kpis["refresh_latency_seconds"]["crm"]["24h"]["count"] > 300
+
+    # Order 360: a linked order shows every system's own reference.
+    order_id, systems = next(
+        (o, s) for o, s in oracle.orders.items() if {"erp", "crm", "wms"} <= set(s)
+    )
+    view = httpx.get(worker.url(f"/orders/{order_id}"), timeout=10).json()
+    assert view["order_id"] == order_id
+    for source in ("erp", "crm", "wms"):
+        assert view["systems"][source]["order_ref"] in {e["order_ref"] for e in systems[source]}
+    assert httpx.get(worker.url("/orders/NO-SUCH-ORDER"), timeout=10).status_code == 404
+
+    # By phone: every order of that phone, matched on its hash, never echoed in clear.
+    erp_create = next(
+        e
+        for e in scenario.events
+        if e.get("source") == "erp" and (e.get("order") or {}).get("customer_phone")
+    )
+    phone = erp_create["order"]["customer_phone"]
+    same_phone = {  # written as +86 138…, 138-…, 0086 …: one number
+        e["order_ref"]
+        for e in scenario.events
+        if e.get("source") == "erp"
+        and normalize_phone((e.get("order") or {}).get("customer_phone") or "")
+        == normalize_phone(phone)
+    }
+    found = httpx.get(worker.url("/orders"), params={"phone": phone}, timeout=10)
+    assert found.status_code == 200
+    assert {o["order_id"] for o in found.json()["orders"]} == same_phone
+    assert len(same_phone) >= 1
+    assert phone not in found.text
+    assert httpx.get(worker.url("/orders"), timeout=10).status_code == 400
+
+    metrics = httpx.get(worker.url("/metrics"), timeout=10).text
+    assert "concord_consistency_ratio " in metrics
+    assert 'concord_status_refresh_latency_seconds_bucket{le="5.0",target="crm"}' in metrics
