@@ -120,3 +120,16 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     metrics = httpx.get(worker.url("/metrics"), timeout=10).text
     assert "concord_consistency_ratio " in metrics
     assert 'concord_status_refresh_latency_seconds_bucket{le="5.0",target="crm"}' in metrics
+
+    # SIGKILL: the restarted worker rebuilds the same KPIs and views from its state table.
+    before = httpx.get(worker.url("/kpis"), timeout=10).json()
+    view_before = httpx.get(worker.url(f"/orders/{order_id}"), timeout=10).json()
+    worker.kill()
+    worker.start()
+    after = _wait_for_kpis(
+        worker,
+        lambda k: k["watermark"] is not None and k["orders_tracked"] == before["orders_tracked"],
+    )
+    for key in ("watermark", "consistency", "refresh_latency_seconds", "ghost_orders"):
+        assert after[key] == before[key], key
+    assert httpx.get(worker.url(f"/orders/{order_id}"), timeout=10).json() == view_before
