@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         default=timedelta(seconds=60),
         description="With no event for this long (wall time), the watermark follows the wall clock",
     )
+    duplicate_window: timedelta = Field(
+        default=timedelta(minutes=15),
+        description="Orders of one fingerprint placed this close together are duplicates (±)",
+    )
     order_retention: timedelta = Field(
         default=timedelta(days=35),
         description="How long a finished (or never-linked) order stays in the per-order state",

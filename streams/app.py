@@ -8,14 +8,18 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from schemas.events import OrderDetails
 from schemas.privacy import phone_hash
 from schemas.routing import load_routing
 from schemas.settings import Settings
 from schemas.status_map import load_status_map
 from sinks import metrics
 from streams import faust_consumer, tansu
+from streams.decisions import DecisionStage, route_decisions
+from streams.dedupe import DedupeStage
 from streams.ingest import IngestStage
 from streams.orders import OrderStage
+from streams.rules.dedupe import DedupeRules
 from streams.rules.ingest import IngestRules
 from streams.topics import TopicNames, kafka_auth
 
@@ -82,6 +86,9 @@ def create_app(settings: Settings) -> faust.App:
         ):
             await stage.process(batch)
 
+    routing = load_routing(settings.routing_file)
+    end_marker = tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None
+    dedupe_rules = DedupeRules(window=settings.duplicate_window)
     normalized_topic = app.topic(names.normalized, key_type=bytes, value_type=bytes)
     # bytes keys are raw on the changelog, so Faust routes /orders/{id} by the same
     # partitioner that placed the order on concord.normalized; values are JSON.
@@ -91,8 +98,28 @@ def create_app(settings: Settings) -> faust.App:
         order_table,
         names,
         settings,
-        load_routing(settings.routing_file),
-        end_marker_key=tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None,
+        routing,
+        fingerprint=lambda details: dedupe_rules.fingerprint(
+            OrderDetails.model_validate(details)
+        ).encode(),
+        end_marker_key=end_marker,
+    )
+    dedupe = DedupeStage(
+        app,
+        app.Table("dedupe-windows", key_type=bytes),
+        names,
+        settings,
+        dedupe_rules,
+        routing,
+        on_anomaly=orders.record_anomaly,
+        end_marker_key=end_marker,
+    )
+    decisions = DecisionStage(
+        app,
+        app.Table("anomaly-index", key_type=bytes),
+        names,
+        on_anomaly=orders.record_anomaly,
+        end_marker_key=end_marker,
     )
 
     @app.agent(normalized_topic, name="orders")
@@ -102,18 +129,38 @@ def create_app(settings: Settings) -> faust.App:
         ):
             await orders.process(batch)
 
+    @app.agent(app.topic(names.placements, key_type=bytes, value_type=bytes), name="dedupe")
+    async def dedupe_orders(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(
+            settings.ingest_batch_max, within=settings.ingest_batch_within
+        ):
+            await dedupe.process(batch)
+
+    @app.agent(app.topic(names.decisions, key_type=bytes, value_type=bytes), name="decisions")
+    async def route_decision(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(100, within=settings.ingest_batch_within):
+            await route_decisions(decisions.producer, names, batch)
+
+    @app.agent(
+        app.topic(names.anomaly_index, key_type=bytes, value_type=bytes), name="anomaly-index"
+    )
+    async def decide(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(1000, within=settings.ingest_batch_within):
+            await decisions.process(batch)
+
     @app.timer(2.0)
     async def audit_positions() -> None:
-        await stage.audit_positions()
-        await orders.audit_positions()
+        for each in (stage, orders, dedupe, decisions):
+            await each.audit_positions()
 
     @app.timer(1.0)
     async def advance_event_time() -> None:
         await orders.tick()
 
     @app.timer(300.0)
-    async def evict_finished_orders() -> None:
+    async def evict_finished_state() -> None:
         await orders.evict()
+        await dedupe.expire_windows()
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -1,4 +1,4 @@
-"""Concord's Kafka consumer: Faust's aiokafka consumer with two changes, kept in this one place.
+"""Concord's Kafka consumer: Faust's aiokafka consumer with three changes, kept in this one place.
 
 1. A fix: Faust 0.15.3 can commit past an offset no stream ever acknowledged. Its
    `Consumer._new_offset` refuses to commit across a gap at the head of the acked offsets
@@ -19,14 +19,20 @@ that step (flow not suspended, buffer not full: decode + put_nowait) and no task
 If it suspends, the half-run coroutine continues under exactly the `wait_first` Faust uses,
 so a rebalance interrupts it as before.
 
-Both method bodies are Faust 0.15.3's with the one change each; `FAUST_VERSION` guards
+3. A hook: `before_commit` callbacks (given to `install`) are awaited right before offsets
+are committed, after Faust has decided which offsets are committable and before it flushes
+the producer and writes them. A sink that buffers rows of processed events (the ClickHouse
+warehouse) stores them there, so an offset is never committed ahead of its rows. A callback
+that raises stops the worker (the uncommitted events are processed again after a restart).
+
+Both copied method bodies are Faust 0.15.3's with the one change each; `FAUST_VERSION` guards
 against running them under another release.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -36,6 +42,8 @@ from faust.types import TP
 from faust.utils.functional import consecutive_numbers
 
 FAUST_VERSION = "0.15.3"
+
+BeforeCommit = Callable[[], Awaitable[None]]
 
 
 class _Continue:
@@ -69,6 +77,20 @@ class ConcordConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, committing only contiguous acks (and optionally eager)."""
 
     eager_drain = True
+    before_commit: tuple[BeforeCommit, ...] = ()
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        # Here, not earlier: `offsets` are fixed, so rows added while a callback awaits belong
+        # to events a later commit covers. A callback that raises is not swallowed: Faust has
+        # already dropped these acks from its list, so skipping the commit would stall every
+        # later one; the worker stops instead and the uncommitted events come again.
+        for callback in self.before_commit:
+            await callback()
+        return bool(
+            await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        )
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
@@ -168,14 +190,23 @@ class ConcordConsumer(faust_aiokafka.Consumer):
             unset_flag(CONSUMER_FETCHING)
 
 
-def install(app: faust.App, *, eager_drain: bool) -> None:
-    """Make `app` consume with ConcordConsumer (call before it starts)."""
+def install(
+    app: faust.App, *, eager_drain: bool, before_commit: Sequence[BeforeCommit] = ()
+) -> None:
+    """Make `app` consume with ConcordConsumer (call before it starts).
+
+    `before_commit`: coroutine functions awaited, in order, before every offset commit.
+    """
     if faust.__version__ != FAUST_VERSION:
         raise RuntimeError(
             f"streams.faust_consumer copies parts of Faust {FAUST_VERSION}; "
             f"found Faust {faust.__version__}: re-check them before upgrading"
         )
-    consumer_cls = type("ConcordConsumer", (ConcordConsumer,), {"eager_drain": eager_drain})
+    consumer_cls = type(
+        "ConcordConsumer",
+        (ConcordConsumer,),
+        {"eager_drain": eager_drain, "before_commit": tuple(before_commit)},
+    )
     transport_cls = type(
         "ConcordTransport", (faust_aiokafka.Transport,), {"Consumer": consumer_cls}
     )

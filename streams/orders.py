@@ -16,25 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.types import EventT, TableT
 
-from schemas.anomalies import Anomaly, AnomalyState, Command
+from schemas.anomalies import Anomaly, AnomalyState, Command, Decision
 from schemas.routing import RoutingTable
 from schemas.settings import Settings
 from schemas.stages import PHASE_OF, Source
 from sinks import metrics
+from streams.decisions import decision_dead_letter
+from streams.dedupe import index_record, placement
 from streams.produce import Outgoing
 from streams.rules.consistency import ConsistencyTracker
 from streams.rules.freshness import SourceFreshness
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel
-from streams.rules.lifecycle import OpenGhosts
+from streams.rules.ingest import Reason
+from streams.rules.lifecycle import OpenGhosts, UnknownAnomaly, apply_decision
 from streams.rules.order_state import (
     OrderJoin,
     OrderState,
@@ -99,11 +101,13 @@ class OrderStage(PartitionedStage):
         settings: Settings,
         routing: RoutingTable,
         *,
+        fingerprint: Callable[[dict[str, Any]], bytes],
         end_marker_key: str | None,
     ):
         super().__init__(
             app, table, [topics.normalized], end_marker_key=end_marker_key, encode_key=order_key
         )
+        self.fingerprint = fingerprint
         self.topics = topics
         self.settings = settings
         self.join = OrderJoin()
@@ -118,7 +122,7 @@ class OrderStage(PartitionedStage):
         self.phones: dict[str, set[str]] = {}
         self.lock = asyncio.Lock()  # the agent and the timers never interleave on one state
         self._built_for: int | None = None
-        self._partitions = 0
+        self._partitions: list[int] = []
         self._touched: dict[bytes, OrderEntry] = {}
         self._out: list[Outgoing] = []
 
@@ -140,7 +144,11 @@ class OrderStage(PartitionedStage):
                 msg = event.message
                 if not await self._in_sequence(msg, now):
                     continue
-                self._apply(msg.partition, orjson.loads(event.value), wall, wall_us)
+                body = orjson.loads(event.value)
+                if "decision" in body:
+                    self._decide(msg, body, wall)
+                else:
+                    self._apply(msg.partition, body, wall, wall_us)
             await self._flush()
             metrics.ORDER_BATCH_SECONDS.set(time.perf_counter() - started)
 
@@ -160,10 +168,20 @@ class OrderStage(PartitionedStage):
 
         key = order_key(body["order_id"])
         entry = self._entry(key, partition)
-        had_phone = entry.state.facts.phone_hash if entry.state.facts else None
+        had_facts = entry.state.facts
+        had_phone = had_facts.phone_hash if had_facts else None
         change = self.join.apply(entry.state, body)
         if change.outcome is Outcome.DUPLICATE:
             return
+        if had_facts is None and entry.state.facts is not None:
+            # The order's details, once, to the dedupe stage keyed by their fingerprint.
+            self._out.append(
+                Outgoing(
+                    self.topics.placements,
+                    self.fingerprint(body["order"]),
+                    orjson.dumps(placement(entry.state.order_id, body)),
+                )
+            )
         for obs in change.observations:
             self._observe_latency(obs, record=not obs.revised)
         self.consistency.apply(change)
@@ -171,6 +189,39 @@ class OrderStage(PartitionedStage):
         if phone != had_phone:
             self._index_phone(entry.state.order_id, had_phone, phone)
         self._evaluate(entry, watermark, wall)
+
+    def _decide(self, msg: Any, body: dict[str, Any], wall: datetime) -> None:
+        # An anomaly.ack / anomaly.resolve the decisions stage routed to the anomaly's order.
+        decision = Decision.model_validate(body["decision"])
+        key = order_key(body["order_id"])
+        if key not in self._touched and key not in self.table.data:
+            error = f"order {body['order_id']!r} is no longer held (evicted)"
+            self._out.append(
+                decision_dead_letter(
+                    self.topics, msg, body["decision"], Reason.UNKNOWN_ANOMALY, error, wall
+                )
+            )
+            return
+        entry = self._entry(key, msg.partition)
+        try:
+            emits = apply_decision(entry.ghosts.book, decision, wall)
+        except (UnknownAnomaly, ValueError) as exc:
+            reason = (
+                Reason.UNKNOWN_ANOMALY
+                if isinstance(exc, UnknownAnomaly)
+                else (Reason.INVALID_DECISION)
+            )
+            self._out.append(
+                decision_dead_letter(self.topics, msg, body["decision"], reason, str(exc), wall)
+            )
+            return
+        for anomaly in emits:
+            self._emit(anomaly)
+
+    def record_anomaly(self, anomaly: Anomaly) -> None:
+        """Count an anomaly another stage of this worker opened (for the auto-routing rate)."""
+        if anomaly.state is AnomalyState.OPEN:
+            self.routing_rate.add(anomaly.anomaly_id, anomaly.opened_at, anomaly.route.team)
 
     def _observe_latency(self, obs: Observation, *, record: bool) -> None:
         if self.latency.add(obs) and record:
@@ -216,11 +267,12 @@ class OrderStage(PartitionedStage):
             metrics.COMMANDS.labels(emit.kind.value).inc()
             return
         key = (emit.order_id or "intake").encode()
-        self._out.append(Outgoing(self.topics.anomalies, key, emit.model_dump_json().encode()))
+        value = emit.model_dump_json().encode()
+        self._out.append(Outgoing(self.topics.anomalies, key, value))
+        self._out.append(index_record(self.topics, emit, value))
         metrics.ANOMALIES.labels(emit.type.value, emit.state.value).inc()
         self.open_ghosts.observe(emit)
-        if emit.state is AnomalyState.OPEN:
-            self.routing_rate.add(emit.anomaly_id, emit.opened_at, emit.route.team)
+        self.record_anomaly(emit)
 
     def _index_phone(self, order_id: str, old: str | None, new: str | None) -> None:
         if old is not None:
@@ -341,15 +393,14 @@ class OrderStage(PartitionedStage):
             self.routing_rate.expire(watermark)
         self._publish_gauges()
 
-    async def _partition_count(self) -> int:
-        partitions = await self.producer.partitions(self.topics.normalized)
-        return len(partitions)
+    async def _partition_count(self) -> list[int]:
+        return await self.producer.partitions(self.topics.normalized)
 
     def _partition_of(self, key: bytes) -> int:
         # Kafka's default partitioner, as concord.normalized was keyed by the order id.
         if not self._partitions:
             return 0
-        return (murmur2(key) & 0x7FFFFFFF) % self._partitions
+        return self.producer.partition_for_key(key, self._partitions)
 
     # --- what the web views read ----------------------------------------------------------
 

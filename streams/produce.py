@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,11 @@ class BatchProducer:
             partitions = sorted(await self._aiokafka().partitions_for(topic))
             self._partitions[topic] = partitions
         return partitions
+
+    @staticmethod
+    def partition_for_key(key: bytes, partitions: list[int]) -> int:
+        """Kafka's default partition of a key (murmur2), as every client computes it."""
+        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
     async def send(self, records: Iterable[Outgoing]) -> int:
         """Produce `records`, preserving their order per partition; return the batch count."""

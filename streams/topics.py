@@ -20,6 +20,8 @@ class TopicNames:
     anomalies: str
     commands: str
     deadletter: str
+    placements: str  # internal: ERP orders keyed by dedupe fingerprint
+    anomaly_index: str  # internal: anomalies and decisions keyed by anomaly id
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -31,6 +33,8 @@ class TopicNames:
             anomalies=settings.topic("anomalies"),
             commands=settings.topic("commands"),
             deadletter=settings.topic("deadletter"),
+            placements=settings.topic("placements"),
+            anomaly_index=settings.topic("anomaly-index"),
         )
 
     def all(self) -> list[str]:
@@ -42,6 +46,8 @@ class TopicNames:
             self.anomalies,
             self.commands,
             self.deadletter,
+            self.placements,
+            self.anomaly_index,
         ]
 
     def source_of(self) -> dict[str, Source]:

@@ -38,6 +38,8 @@ class Reason(StrEnum):
     UNKNOWN_STATUS = "unknown_status"
     MISSING_ORDER = "missing_order"
     HELD_OVERFLOW = "held_overflow"
+    UNKNOWN_ANOMALY = "unknown_anomaly"  # a decision for an anomaly Concord never raised
+    INVALID_DECISION = "invalid_decision"  # a decision its anomaly cannot take
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,150 @@
+"""Dedupe stage wiring: ERP orders keyed by fingerprint in, `duplicate_order` anomalies out.
+
+The per-order stage publishes each order's details once, on `concord.placements`, keyed by
+`DedupeRules.fingerprint`: every order that could duplicate another lands on one key, whose
+whole state is a `FingerprintWindow` (streams.rules.dedupe) in the `dedupe-windows` table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from faust.types import EventT, TableT
+
+from schemas.anomalies import Anomaly, AnomalyType, Severity
+from schemas.events import OrderDetails
+from schemas.routing import RoutingTable
+from schemas.settings import Settings
+from sinks import metrics
+from streams.produce import Outgoing
+from streams.rules.dedupe import DedupeRules, FingerprintWindow, duplicate_anomaly
+from streams.rules.routing import RoutingFacts, route
+from streams.rules.watermark import Watermark, as_us, from_us, parse_us
+from streams.stage import PartitionedStage
+from streams.topics import TopicNames
+
+REPLAY_SLACK = timedelta(hours=1)
+
+
+def placement(order_id: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The record the per-order stage publishes for an ERP event that carries the order."""
+    return {
+        "order_id": order_id,
+        "order": event["order"],
+        "event_id": event["event_id"],
+        "status": event.get("status", ""),
+        "occurred_at": event["occurred_at"],
+    }
+
+
+class DedupeStage(PartitionedStage):
+    """Pairs orders with one fingerprint placed within the sliding window."""
+
+    def __init__(
+        self,
+        app: Any,
+        table: TableT,
+        topics: TopicNames,
+        settings: Settings,
+        rules: DedupeRules,
+        routing: RoutingTable,
+        *,
+        on_anomaly: Callable[[Anomaly], None],
+        end_marker_key: str | None,
+    ):
+        super().__init__(
+            app,
+            table,
+            [topics.placements],
+            end_marker_key=end_marker_key,
+            encode_key=lambda k: k if isinstance(k, bytes) else str(k).encode(),
+        )
+        self.topics = topics
+        self.rules = rules
+        self.routing = routing
+        self.on_anomaly = on_anomaly
+        # Orders stay in reach an hour past the usual lateness: a replay or a backlog reaches
+        # this stage interleaved across partitions, minutes to hours of event time apart, and a
+        # pair must not depend on which partition ran first. Memory grows by an hour of orders.
+        self.watermark = Watermark(
+            settings.allowed_lateness + REPLAY_SLACK, settings.watermark_idle_after
+        )
+
+    def fingerprint_key(self, details: dict[str, Any]) -> bytes:
+        """The placements key of an order's details (raises ValueError when they are invalid)."""
+        return self.rules.fingerprint(OrderDetails.model_validate(details)).encode()
+
+    async def process(self, events: Sequence[EventT]) -> None:
+        """Add a batch of orders to their fingerprint windows; publish the pairs they make."""
+        await self._baselines({e.message.tp for e in events})
+        wall = datetime.now(UTC)
+        wall_us = as_us(wall)
+        now = time.monotonic()
+        store = self.table.data
+        touched: dict[bytes, tuple[int, FingerprintWindow]] = {}
+        out: list[Outgoing] = []
+        for event in events:
+            msg = event.message
+            if not await self._in_sequence(msg, now):
+                continue
+            body = orjson.loads(event.value)
+            occurred_us = parse_us(body["occurred_at"])
+            watermark = from_us(self.watermark.observe_us(occurred_us, wall_us))
+            key: bytes = msg.key
+            held = touched.get(key)
+            state = held[1] if held else FingerprintWindow.from_json(store.get(key))
+            order = OrderDetails.model_validate(body["order"])
+            pairs = self.rules.observe(
+                state,
+                body["order_id"],
+                order,
+                event_id=body["event_id"],
+                status=body["status"],
+                occurred_at=from_us(occurred_us),
+                watermark=watermark,
+            )
+            touched[key] = (msg.partition, state)
+            for pair in pairs:
+                owner = route(
+                    RoutingFacts.of(AnomalyType.DUPLICATE_ORDER, Severity.WARNING, ["erp"], order),
+                    self.routing,
+                )
+                anomaly = duplicate_anomaly(pair, wall, owner)
+                value = anomaly.model_dump_json().encode()
+                out.append(Outgoing(self.topics.anomalies, anomaly.order_id.encode(), value))  # type: ignore[union-attr]
+                out.append(index_record(self.topics, anomaly, value))
+                metrics.DUPLICATES.labels(pair.second.channel).inc()
+                metrics.ANOMALIES.labels(anomaly.type.value, anomaly.state.value).inc()
+                self.on_anomaly(anomaly)
+        if out:
+            await self.producer.send(out)
+        await self._persist(
+            {
+                key: (partition, None if state.is_empty else state.to_json())
+                for key, (partition, state) in touched.items()
+            }
+        )
+
+    async def expire_windows(self) -> int:
+        """Delete fingerprint windows the watermark has left behind (a timer); how many."""
+        watermark = self.watermark.value
+        if watermark is None or self.app.rebalancing:
+            return 0
+        partitions = await self.producer.partitions(self.topics.placements)
+        gone: dict[bytes, tuple[int, None]] = {}
+        for key, raw in list(self.table.data.items()):
+            if raw is not None and self.rules.expire(FingerprintWindow.from_json(raw), watermark):
+                gone[key] = (self.producer.partition_for_key(key, partitions), None)
+        await self._persist(gone)
+        return len(gone)
+
+
+def index_record(topics: TopicNames, anomaly: Anomaly, value: bytes) -> Outgoing:
+    """The anomaly-index record that lets a later decision find the anomaly's owner."""
+    return Outgoing(
+        topics.anomaly_index, anomaly.anomaly_id.encode(), b'{"anomaly":' + value + b"}"
+    )
