@@ -15,6 +15,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from streams.rules.breaker import BreakerSettings
+
 CONFIG_FILE_ENV = "CONCORD_CONFIG"
 
 
@@ -22,7 +24,11 @@ class Settings(BaseSettings):
     """Concord's settings. Every field can be set as CONCORD_<NAME> or in the YAML file."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CONCORD_", extra="forbid", validate_default=True, frozen=True
+        env_prefix="CONCORD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
     )
 
     # Kafka
@@ -76,6 +82,10 @@ class Settings(BaseSettings):
     duplicate_window: timedelta = Field(
         default=timedelta(minutes=15),
         description="Orders of one fingerprint placed this close together are duplicates (±)",
+    )
+    breaker: BreakerSettings = Field(
+        default_factory=BreakerSettings,
+        description="Intake breaker thresholds (§7); env CONCORD_BREAKER__MIN_ORDERS=… etc.",
     )
     order_retention: timedelta = Field(
         default=timedelta(days=35),

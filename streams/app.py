@@ -15,6 +15,7 @@ from schemas.settings import Settings
 from schemas.status_map import load_status_map
 from sinks import metrics
 from streams import faust_consumer, tansu
+from streams.breaker import BreakerStage
 from streams.decisions import DecisionStage, route_decisions
 from streams.dedupe import DedupeStage
 from streams.ingest import IngestStage
@@ -148,9 +149,25 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in stream.take_events(1000, within=settings.ingest_batch_within):
             await decisions.process(batch)
 
+    breaker = BreakerStage(
+        app,
+        app.Table("breaker", key_type=bytes, partitions=1),
+        names,
+        settings.breaker,
+        on_anomaly=orders.record_anomaly,
+        end_marker_key=end_marker,
+    )
+
+    @app.agent(
+        app.topic(names.breaker, key_type=bytes, value_type=bytes, partitions=1), name="breaker"
+    )
+    async def run_breaker(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(1000, within=settings.ingest_batch_within):
+            await breaker.process(batch)
+
     @app.timer(2.0)
     async def audit_positions() -> None:
-        for each in (stage, orders, dedupe, decisions):
+        for each in (stage, orders, dedupe, decisions, breaker):
             await each.audit_positions()
 
     @app.timer(1.0)

@@ -7,6 +7,8 @@ before any decision about it and keeps, per anomaly, who owns it:
 
 * `duplicate_order` — the anomaly itself: the decision is applied here (merge also commands
   `order.merge`), and the resolved anomaly published;
+* `breaker.ack` / `breaker.release` — straight to the breaker (streams/breaker.py), whose
+  single partition holds the one breaker;
 * an order's anomaly (ghosts) — forwarded to the per-order stage on `concord.normalized`,
   keyed by the order, where the order's anomaly book records it.
 
@@ -25,7 +27,7 @@ import orjson
 from faust.types import EventT, TableT
 from pydantic import ValidationError
 
-from schemas.anomalies import Anomaly, AnomalyType, Decision
+from schemas.anomalies import Anomaly, AnomalyType, Decision, DecisionKind
 from sinks import metrics
 from streams.ingest import dead_letter
 from streams.produce import BatchProducer, Outgoing
@@ -33,6 +35,8 @@ from streams.rules.dedupe import apply_duplicate_decision
 from streams.rules.ingest import Reason, Rejection
 from streams.stage import PartitionedStage
 from streams.topics import TopicNames
+
+BREAKER_DECISIONS = frozenset({DecisionKind.BREAKER_ACK, DecisionKind.BREAKER_RELEASE})
 
 
 def decision_dead_letter(
@@ -68,8 +72,11 @@ async def route_decisions(
             error = exc.errors(include_url=False)[0]["msg"]
             out.append(decision_dead_letter(topics, event.message, raw, reason, error, wall))
             continue
-        body = {"decision": decision.model_dump(mode="json")}
-        out.append(Outgoing(topics.anomaly_index, decision.target.encode(), orjson.dumps(body)))
+        body = orjson.dumps({"decision": decision.model_dump(mode="json")})
+        if decision.kind in BREAKER_DECISIONS:
+            out.append(Outgoing(topics.breaker, b"intake", body, None, 0))
+        else:
+            out.append(Outgoing(topics.anomaly_index, decision.target.encode(), body))
     if out:
         await producer.send(out)
 

@@ -29,9 +29,11 @@ from schemas.routing import RoutingTable
 from schemas.settings import Settings
 from schemas.stages import PHASE_OF, Source
 from sinks import metrics
+from streams.breaker import delta_record, intake_kind
 from streams.decisions import decision_dead_letter
 from streams.dedupe import index_record, placement
 from streams.produce import Outgoing
+from streams.rules.breaker import IntakeCounts
 from streams.rules.consistency import ConsistencyTracker
 from streams.rules.freshness import SourceFreshness
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel
@@ -124,6 +126,8 @@ class OrderStage(PartitionedStage):
         self._built_for: int | None = None
         self._partitions: list[int] = []
         self._touched: dict[bytes, OrderEntry] = {}
+        self._intake: dict[int, IntakeCounts] = {}
+        self._last_offset: dict[int, int] = {}
         self._out: list[Outgoing] = []
 
     def _new_watermark(self) -> Watermark:
@@ -149,6 +153,8 @@ class OrderStage(PartitionedStage):
                     self._decide(msg, body, wall)
                 else:
                     self._apply(msg.partition, body, wall, wall_us)
+                    self._last_offset[msg.partition] = msg.offset
+            self._ship_intake()
             await self._flush()
             metrics.ORDER_BATCH_SECONDS.set(time.perf_counter() - started)
 
@@ -173,6 +179,12 @@ class OrderStage(PartitionedStage):
         change = self.join.apply(entry.state, body)
         if change.outcome is Outcome.DUPLICATE:
             return
+        kind = intake_kind(
+            body,
+            change.source is Source.ERP and change.old_phase is None and change.in_population,
+        )
+        if kind is not None:
+            self._intake.setdefault(partition, IntakeCounts()).add(kind, change.event_time)
         if had_facts is None and entry.state.facts is not None:
             # The order's details, once, to the dedupe stage keyed by their fingerprint.
             self._out.append(
@@ -189,6 +201,17 @@ class OrderStage(PartitionedStage):
         if phone != had_phone:
             self._index_phone(entry.state.order_id, had_phone, phone)
         self._evaluate(entry, watermark, wall)
+
+    def _ship_intake(self) -> None:
+        # Every partition this worker owns reports its counts and the worker's watermark, even
+        # with nothing counted (seq -1), so the breaker's clock, the minimum over partitions,
+        # follows the slowest worker rather than the quietest partition.
+        wm = self.watermark.value_us
+        for tp in sorted(self.assigned()):
+            offset = self._last_offset.pop(tp.partition, -1)
+            counts = self._intake.pop(tp.partition, None) or IntakeCounts()
+            origin = f"{self.topics.normalized}/{tp.partition}"
+            self._out.append(delta_record(self.topics, origin, offset, counts, wm))
 
     def _decide(self, msg: Any, body: dict[str, Any], wall: datetime) -> None:
         # An anomaly.ack / anomaly.resolve the decisions stage routed to the anomaly's order.
@@ -303,9 +326,12 @@ class OrderStage(PartitionedStage):
         async with self.lock:
             await self._ensure_built()
             wall = datetime.now(UTC)
+            before = self.watermark.value_us
             watermark = self.watermark.advance_idle(wall)
             if watermark is None:
                 return
+            if self.watermark.value_us != before:
+                self._ship_intake()  # idle time moves the breaker's clock too
             self._run_due(watermark, wall)
             for anomaly in self.freshness.check(wall, watermark):
                 self._emit(anomaly)

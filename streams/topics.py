@@ -22,6 +22,7 @@ class TopicNames:
     deadletter: str
     placements: str  # internal: ERP orders keyed by dedupe fingerprint
     anomaly_index: str  # internal: anomalies and decisions keyed by anomaly id
+    breaker: str  # internal, one partition: intake counts and breaker decisions
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -35,6 +36,7 @@ class TopicNames:
             deadletter=settings.topic("deadletter"),
             placements=settings.topic("placements"),
             anomaly_index=settings.topic("anomaly-index"),
+            breaker=settings.topic("breaker"),
         )
 
     def all(self) -> list[str]:
@@ -48,6 +50,7 @@ class TopicNames:
             self.deadletter,
             self.placements,
             self.anomaly_index,
+            self.breaker,
         ]
 
     def source_of(self) -> dict[str, Source]:
@@ -57,7 +60,8 @@ class TopicNames:
 
 async def ensure_topics(settings: Settings, names: list[str] | None = None) -> list[str]:
     """Create the missing topics with the configured partitions; return the ones created."""
-    wanted = names or TopicNames.from_settings(settings).all()
+    topics = TopicNames.from_settings(settings)
+    wanted = names or topics.all()
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, **kafka_auth(settings)
     )
@@ -68,7 +72,12 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None) -> l
         if missing:
             await admin.create_topics(
                 [
-                    NewTopic(name, settings.topic_partitions, settings.topic_replication)
+                    NewTopic(
+                        name,
+                        # One breaker for the whole group: its input has one partition.
+                        1 if name == topics.breaker else settings.topic_partitions,
+                        settings.topic_replication,
+                    )
                     for name in missing
                 ]
             )

@@ -28,7 +28,8 @@ change a later evaluation and is dropped.
 Transitions
 -----------
 Evaluations happen at event-time instants aligned to multiples of `evaluate_every` (10:00,
-10:10, ...), each over [instant - window, instant). "Holds" means the stage-1 condition
+10:10, ...), each over [instant - window, instant), from the first instant that sees the
+earliest count (a replayed day is evaluated from its start). "Holds" means the stage-1 condition
 holds at that evaluation; *n* counts consecutive holding evaluations since the last clear
 evaluation, `breaker.ack` or `breaker.release`; *k* is `warnings_to_throttle` (2). "Clear
 for" is measured from the first clear evaluation after the last holding one.
@@ -361,7 +362,14 @@ class Breaker:
         step = self.settings.evaluate_every
         window = self.settings.window
         latest = _floor(watermark, step)
-        instant = latest if self._last is None else _floor(self._last, step) + step
+        if self._last is not None:
+            instant = _floor(self._last, step) + step
+        elif counts.buckets:
+            # The first tick starts with the first instant that sees the earliest count, so a
+            # replayed day is evaluated from its beginning, not from where its first batch ended.
+            instant = min(latest, _floor(EPOCH + MINUTE * min(counts.buckets), step) + step)
+        else:
+            instant = latest
         emits: list[Emit] = []
         self._evaluations = []
         while instant <= latest:

@@ -899,3 +899,21 @@ def test_settings_defaults_are_the_contract() -> None:
     assert BreakerSettings.model_validate({"window": "PT2H", "clear_for": 1800}).window == (
         2 * HOUR
     )
+
+
+def test_first_tick_of_a_replay_evaluates_from_its_earliest_count():
+    # A replayed hour arrives in one batch: the watermark is already past its end, yet every
+    # instant from the first that sees a count is evaluated, in order.
+    breaker = Breaker(QUICK)
+    counts = IntakeCounts()
+    for k in range(3):
+        spread(counts, T0 + k * STEP, T0 + (k + 1) * STEP, HOT)
+    breaker.tick(counts, T0 + 3 * STEP + 5 * MINUTE, WALL)
+    assert [e.at for e in breaker.evaluations] == [T0 + STEP, T0 + 2 * STEP, T0 + 3 * STEP]
+    assert [e.stage for e in breaker.evaluations] == [1, 2, 2]
+
+
+def test_first_tick_with_nothing_counted_starts_at_the_watermark():
+    breaker = Breaker(QUICK)
+    breaker.tick(IntakeCounts(), T0 + 25 * MINUTE, WALL)
+    assert [e.at for e in breaker.evaluations] == [T0 + 2 * STEP]

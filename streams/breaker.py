@@ -1,0 +1,138 @@
+"""Breaker wiring (§7, stages 1–2): intake counts from every partition into one breaker.
+
+The per-order stage counts, per batch and per `concord.normalized` partition, the orders the
+ERP created and the stock reservations that succeeded or failed, in minute buckets of event
+time (`IntakeCounts`), and publishes that delta with the partition's last offset and the
+stage's watermark on the single-partition internal topic `concord.breaker`. Breaker
+decisions go there too. One agent consumes it, so one `Breaker` exists in the whole group:
+it folds each delta in once (by origin and offset), evaluates at the minimum watermark of
+the partitions that reported, and keeps its state in a one-key table, so it survives a
+restart in any stage. The rules and the transition table live in streams.rules.breaker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from faust.types import EventT, TableT
+
+from schemas.anomalies import Anomaly, Command, Decision
+from sinks import metrics
+from streams.decisions import decision_dead_letter
+from streams.produce import Outgoing
+from streams.rules.breaker import Breaker, BreakerSettings, IntakeCounts, IntakeKind
+from streams.rules.ingest import Reason
+from streams.rules.watermark import from_us
+from streams.stage import PartitionedStage
+from streams.topics import TopicNames
+
+STATE_KEY = b"intake"
+
+
+def intake_kind(body: dict[str, Any], first_erp_stage: bool) -> IntakeKind | None:
+    """What a normalised event counts as for the breaker, if anything."""
+    if first_erp_stage:
+        return IntakeKind.CREATED
+    if body.get("stage") == "allocated":
+        return IntakeKind.ALLOCATED
+    if body.get("marker") == "allocation_failed":
+        return IntakeKind.ALLOCATION_FAILED
+    return None
+
+
+def delta_record(
+    topics: TopicNames, origin: str, seq: int, counts: IntakeCounts, watermark_us: int | None
+) -> Outgoing:
+    """One partition's counts since its last delta, for the breaker topic."""
+    body = {"origin": origin, "seq": seq, "counts": counts.to_json(), "wm": watermark_us}
+    return Outgoing(topics.breaker, STATE_KEY, orjson.dumps(body), None, 0)
+
+
+class BreakerStage(PartitionedStage):
+    """The one breaker of the consumer group, on the single partition of `concord.breaker`."""
+
+    def __init__(
+        self,
+        app: Any,
+        table: TableT,
+        topics: TopicNames,
+        settings: BreakerSettings,
+        *,
+        on_anomaly: Callable[[Anomaly], None],
+        end_marker_key: str | None,
+    ):
+        super().__init__(
+            app,
+            table,
+            [topics.breaker],
+            end_marker_key=end_marker_key,
+            encode_key=lambda k: k if isinstance(k, bytes) else str(k).encode(),
+        )
+        self.topics = topics
+        self.settings = settings
+        self.on_anomaly = on_anomaly
+
+    async def process(self, events: Sequence[EventT]) -> None:
+        """Fold in a batch of deltas and decisions, evaluate, publish, persist."""
+        await self._baselines({e.message.tp for e in events})
+        wall = datetime.now(UTC)
+        now = time.monotonic()
+        raw = self.table.data.get(STATE_KEY) or {}
+        breaker = Breaker.from_json(raw.get("breaker"), self.settings)
+        counts = IntakeCounts.from_json(raw.get("counts"))
+        marks: dict[str, int] = dict(raw.get("marks", {}))
+        emits: list[Anomaly | Command] = []
+        out: list[Outgoing] = []
+        partition = 0
+        for event in events:
+            msg = event.message
+            if not await self._in_sequence(msg, now):
+                continue
+            partition = msg.partition
+            body = orjson.loads(event.value)
+            if "decision" in body:
+                try:
+                    emits += breaker.decide(Decision.model_validate(body["decision"]), wall)
+                except ValueError as exc:
+                    out.append(
+                        decision_dead_letter(
+                            self.topics,
+                            msg,
+                            body["decision"],
+                            Reason.INVALID_DECISION,
+                            str(exc),
+                            wall,
+                        )
+                    )
+                continue
+            counts.apply_delta(body["origin"], body["seq"], IntakeCounts.from_json(body["counts"]))
+            if body.get("wm") is not None:
+                marks[body["origin"]] = max(marks.get(body["origin"], 0), body["wm"])
+        if marks:
+            emits += breaker.tick(counts, from_us(min(marks.values())), wall)
+        for emit in emits:
+            out.append(self._publish(emit))
+        if out:
+            await self.producer.send(out)
+        self._report(breaker)
+        state = {"breaker": breaker.to_json(), "counts": counts.to_json(), "marks": marks}
+        await self._persist({STATE_KEY: (partition, state)})
+
+    def _publish(self, emit: Anomaly | Command) -> Outgoing:
+        scope = STATE_KEY
+        if isinstance(emit, Command):
+            metrics.COMMANDS.labels(emit.kind.value).inc()
+            return Outgoing(self.topics.commands, scope, emit.model_dump_json().encode())
+        metrics.ANOMALIES.labels(emit.type.value, emit.state.value).inc()
+        self.on_anomaly(emit)
+        return Outgoing(self.topics.anomalies, scope, emit.model_dump_json().encode())
+
+    def _report(self, breaker: Breaker) -> None:
+        metrics.BREAKER_STAGE.set(breaker.stage)
+        for evaluation in breaker.evaluations[-1:]:
+            metrics.BREAKER_ORDERS.set(evaluation.totals.created)
+            metrics.BREAKER_FAILURE_RATIO.set(evaluation.totals.failure_rate)
