@@ -345,6 +345,10 @@ def migrate(
 # --- the sink ------------------------------------------------------------------------------
 
 
+class UnsavedRowsError(RuntimeError):
+    """`flush(spill_rest=True)` could put some rows neither into ClickHouse nor on disk."""
+
+
 class _PoisonBatchError(Exception):
     """A batch the client cannot even encode: retrying would never help."""
 
@@ -532,28 +536,44 @@ class ClickHouseSink:
 
     # -- flushing -------------------------------------------------------------------------
 
-    def flush(self, *, force: bool = False) -> int:
+    def flush(self, *, force: bool = False, spill_rest: bool = False) -> int:
         """Seal what is buffered and insert the backlog in order; returns rows written.
 
         During a backoff it only seals and spills, unless `force`. On an insert failure the
         batch stays at the head of the queue and the next attempt waits (exponential backoff).
+        With `spill_rest`, whatever could not be delivered is then written to disk, not just
+        what exceeds the memory bound, so an offset commit that follows cannot lose those rows
+        to a crash; UnsavedRowsError when some stay in memory only (no spill dir, disk error).
         """
         with self._flush_lock:
             with self._lock:
                 for table in list(self._open):
                     self._seal_locked(table)
+                sealed = self._seq
             if not force and self._clock() < self._next_attempt:
-                self._spill_excess()
-                return 0
-            # Deliver first: with ClickHouse up, a burst over the memory bound goes straight
-            # to it instead of through the disk; what is still queued after a failure spills.
-            written = self._deliver()
-            self._spill_excess()
+                written = 0
+                self._spill_excess(bound=0 if spill_rest else None)
+            else:
+                # Deliver first: with ClickHouse up, a burst over the memory bound goes
+                # straight to it instead of through the disk; what is still queued after a
+                # failure spills.
+                written = self._deliver()
+                self._spill_excess(bound=0 if spill_rest and self._backoff else None)
+            if spill_rest:
+                with self._lock:
+                    unsaved = sum(
+                        b.count for b in self._queue if b.seq <= sealed and b.rows is not None
+                    )
+                if unsaved:
+                    raise UnsavedRowsError(
+                        f"{unsaved} rows are neither in ClickHouse nor on disk "
+                        f"({self.stats.last_error})"
+                    )
             return written
 
-    async def aflush(self, *, force: bool = False) -> int:
+    async def aflush(self, *, force: bool = False, spill_rest: bool = False) -> int:
         """`flush` in a worker thread, so inserts do not block the event loop."""
-        return await asyncio.to_thread(self.flush, force=force)
+        return await asyncio.to_thread(self.flush, force=force, spill_rest=spill_rest)
 
     async def wait_for_room(self, poll_seconds: float = 0.05) -> None:
         """Return once the backlog is below its bound, flushing whenever a flush is due."""

@@ -359,12 +359,14 @@ def order_state_row(
     priority: str = "normal",
     customer_phone: str | None = None,
     placed_at: datetime | str | None = None,
+    customer_phone_hash: str | None = None,
 ) -> dict[str, Any]:
     """Per-order cross-system state → `order_state`.
 
     `systems` maps a source (erp, crm, wms, logistics) to {stage, phase, updated_at} for the
     systems that have reported. `version` must grow with every change of the order (e.g. the
-    number of events applied to it), so the newest state wins and a replay collapses.
+    number of events applied to it), so the newest state wins and a replay collapses. The
+    phone comes in clear (`customer_phone`) or already hashed (`customer_phone_hash`).
     """
     row: dict[str, Any] = {
         "order_id": order_id,
@@ -373,7 +375,7 @@ def order_state_row(
         "channel": _text(channel),
         "vip": int(bool(vip)),
         "priority": priority,
-        "phone_hash": phone_hash(customer_phone) if customer_phone else "",
+        "phone_hash": phone_hash(customer_phone) if customer_phone else customer_phone_hash or "",
         "consistent": int(bool(consistent)),
         "version": int(version),
     }
