@@ -94,6 +94,10 @@ def publish(
     validate: Annotated[
         bool, typer.Option("--validate/--no-validate", help="Reject invalid events locally")
     ] = True,
+    speed: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Pace by event time: 1 = real time, 60 = an hour a minute"),
+    ] = None,
 ) -> None:
     """Publish change events to their source topics (the topic follows `source`)."""
     from concord.publish import publish as do_publish
@@ -111,7 +115,11 @@ def publish(
         with progress_bar() as bar:
             task = bar.add_task("publishing", total=total)
             return await do_publish(
-                settings, files, validate=validate, progress=lambda n: bar.advance(task, n)
+                settings,
+                files,
+                validate=validate,
+                progress=lambda n: bar.advance(task, n),
+                speed=speed,
             )
 
     report = asyncio.run(run())
@@ -155,10 +163,22 @@ def schema(
 @cli.command()
 def demo(
     duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C)")
+        float | None,
+        typer.Option(help="Stop this many seconds after the day is through (default: Ctrl-C)"),
     ] = None,
-    orders: Annotated[int, typer.Option(help="ERP orders in the scenario day")] = 1800,
+    orders: Annotated[int, typer.Option(min=50, help="ERP orders in the scenario day")] = 1800,
     seed: Annotated[int, typer.Option(help="Scenario seed")] = 7,
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Replay pace: 1 = real time, 60 = an hour a minute; default as fast as possible",
+        ),
+    ] = None,
+    live: Annotated[
+        bool | None,
+        typer.Option("--live/--no-live", help="Live terminal view (default: on a terminal)"),
+    ] = None,
     web_port: Annotated[int, typer.Option(help="Worker web port")] = 6066,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its data")] = Path(
         ".concord/demo"
@@ -168,8 +188,30 @@ def demo(
     from concord.demo import run_demo
 
     raise typer.Exit(
-        run_demo(duration=duration, orders=orders, seed=seed, web_port=web_port, data_dir=data_dir)
+        run_demo(
+            duration=duration,
+            orders=orders,
+            seed=seed,
+            speed=speed,
+            live=console.is_terminal if live is None else live,
+            web_port=web_port,
+            data_dir=data_dir,
+        )
     )
+
+
+@cli.command()
+def status(
+    url: Annotated[str, typer.Option(help="A worker's web address")] = "http://127.0.0.1:6066",
+) -> None:
+    """Show a running worker's KPIs, breaker, ghosts and duplicates."""
+    from concord.dashboard import fetch, render
+
+    snap = fetch(url.rstrip("/"))
+    if snap is None:
+        console.print(f"[red]no worker answers at {url}[/red]")
+        raise typer.Exit(1)
+    console.print(render(snap))
 
 
 def main() -> None:

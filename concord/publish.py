@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +110,45 @@ def route(record: bytes | dict[str, Any], validate: bool) -> tuple[Source, bytes
     return source, ref.encode(), value
 
 
+class _Pace:
+    """Sleeps so that event time passes `speed` times faster than wall time."""
+
+    def __init__(self, speed: float):
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self.start: tuple[float, datetime] | None = None
+
+    async def wait(self, value: bytes) -> None:
+        try:
+            at = datetime.fromisoformat(orjson.loads(value)["occurred_at"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return  # not a timed event: send it at once
+        if at.tzinfo is None:
+            return
+        if self.start is None:
+            self.start = (time.monotonic(), at)
+            return
+        due = self.start[0] + (at - self.start[1]).total_seconds() / self.speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 async def publish(
     settings: Settings,
     paths: list[Path],
     *,
     validate: bool = True,
     progress: Any = None,
+    speed: float | None = None,
 ) -> PublishReport:
-    """Send every record of `paths` to its source topic; `progress(n)` is called as lines go."""
+    """Send every record of `paths` to its source topic; `progress(n)` is called as lines go.
+
+    With `speed`, events are paced by their `occurred_at`: 60 replays an hour of event time
+    in a minute, 1 is real time; without it they go as fast as the broker takes them.
+    """
+    pace = _Pace(speed) if speed else None
     names = TopicNames.from_settings(settings)
     report = PublishReport()
     producer = AIOKafkaProducer(
@@ -133,6 +167,8 @@ async def publish(
                 except ValueError as exc:
                     report.rejected.append(LocalRejection(str(path), number, str(exc)))
                 else:
+                    if pace is not None:
+                        await pace.wait(value)
                     await producer.send(names.sources[source], value, key=key)
                     report.sent[source.value] = report.sent.get(source.value, 0) + 1
                 if progress is not None:

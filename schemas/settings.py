@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         default=timedelta(minutes=2),
         description="How late an event may arrive before the watermark has passed it",
     )
+    source_idle_after: timedelta = Field(
+        default=timedelta(seconds=60),
+        description="A source partition with no event for this long stops holding event time",
+    )
     watermark_idle_after: timedelta = Field(
         default=timedelta(seconds=60),
         description="With no event for this long (wall time), the watermark follows the wall clock",

@@ -22,7 +22,9 @@ from streams.ingest import IngestStage
 from streams.orders import OrderStage
 from streams.rules.dedupe import DedupeRules
 from streams.rules.ingest import IngestRules
+from streams.rules.watermark import SourceTime
 from streams.topics import TopicNames, kafka_auth
+from streams.warehouse import Warehouse
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -64,35 +66,32 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> faust.App:
-    """Build the Faust app for these settings."""
+    """Build the Faust app for these settings: the whole flow reads top to bottom here."""
+    warehouse = Warehouse(settings)
     app = faust.App(settings.app_id, **faust_settings(settings))
-    faust_consumer.install(app, eager_drain=settings.consumer_fastpath)
-    names = TopicNames.from_settings(settings)
-    rules = IngestRules(load_status_map(settings.status_map_file))
-
-    source_topic = app.topic(*names.sources.values(), key_type=bytes, value_type=bytes)
-    refs = app.Table("ingest-refs")  # json keys and values
-    stage = IngestStage(
-        app,
-        refs,
-        rules,
-        names,
-        end_marker_key=tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None,
+    faust_consumer.install(
+        app, eager_drain=settings.consumer_fastpath, before_commit=[warehouse.before_commit]
     )
-
-    @app.agent(source_topic, name="ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(
-            settings.ingest_batch_max, within=settings.ingest_batch_within
-        ):
-            await stage.process(batch)
-
+    names = TopicNames.from_settings(settings)
     routing = load_routing(settings.routing_file)
     end_marker = tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None
     dedupe_rules = DedupeRules(window=settings.duplicate_window)
-    normalized_topic = app.topic(names.normalized, key_type=bytes, value_type=bytes)
-    # bytes keys are raw on the changelog, so Faust routes /orders/{id} by the same
-    # partitioner that placed the order on concord.normalized; values are JSON.
+
+    def topic(*topic_names: str, partitions: int | None = None) -> Any:
+        return app.topic(*topic_names, key_type=bytes, value_type=bytes, partitions=partitions)
+
+    # source topics -> ingest: validate, crosswalk, dead letters -> concord.normalized
+    ingest = IngestStage(
+        app,
+        app.Table("ingest-refs"),  # json keys and values
+        IngestRules(load_status_map(settings.status_map_file)),
+        names,
+        SourceTime(settings.allowed_lateness, settings.source_idle_after),
+        end_marker_key=end_marker,
+    )
+    # concord.normalized -> per-order join, KPIs, ghosts -> anomalies, commands, placements
+    # (bytes keys are raw on the changelog, so Faust routes /orders/{id} by the partitioner
+    # that placed the order on concord.normalized; values are JSON)
     order_table = app.Table("order-state", key_type=bytes)
     orders = OrderStage(
         app,
@@ -103,8 +102,10 @@ def create_app(settings: Settings) -> faust.App:
         fingerprint=lambda details: dedupe_rules.fingerprint(
             OrderDetails.model_validate(details)
         ).encode(),
+        warehouse=warehouse,
         end_marker_key=end_marker,
     )
+    # concord.placements (by fingerprint) -> duplicate_order anomalies
     dedupe = DedupeStage(
         app,
         app.Table("dedupe-windows", key_type=bytes),
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> faust.App:
         on_anomaly=orders.record_anomaly,
         end_marker_key=end_marker,
     )
+    # concord.decisions -> (by anomaly id) the anomaly's owner; concord.breaker -> the breaker
     decisions = DecisionStage(
         app,
         app.Table("anomaly-index", key_type=bytes),
@@ -122,33 +124,6 @@ def create_app(settings: Settings) -> faust.App:
         on_anomaly=orders.record_anomaly,
         end_marker_key=end_marker,
     )
-
-    @app.agent(normalized_topic, name="orders")
-    async def join_orders(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(
-            settings.ingest_batch_max, within=settings.ingest_batch_within
-        ):
-            await orders.process(batch)
-
-    @app.agent(app.topic(names.placements, key_type=bytes, value_type=bytes), name="dedupe")
-    async def dedupe_orders(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(
-            settings.ingest_batch_max, within=settings.ingest_batch_within
-        ):
-            await dedupe.process(batch)
-
-    @app.agent(app.topic(names.decisions, key_type=bytes, value_type=bytes), name="decisions")
-    async def route_decision(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(100, within=settings.ingest_batch_within):
-            await route_decisions(decisions.producer, names, batch)
-
-    @app.agent(
-        app.topic(names.anomaly_index, key_type=bytes, value_type=bytes), name="anomaly-index"
-    )
-    async def decide(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(1000, within=settings.ingest_batch_within):
-            await decisions.process(batch)
-
     breaker = BreakerStage(
         app,
         app.Table("breaker", key_type=bytes, partitions=1),
@@ -157,33 +132,57 @@ def create_app(settings: Settings) -> faust.App:
         on_anomaly=orders.record_anomaly,
         end_marker_key=end_marker,
     )
+    stages = (ingest, orders, dedupe, decisions, breaker)
+    for each in stages:
+        each.producer.tap = warehouse.outgoing
 
-    @app.agent(
-        app.topic(names.breaker, key_type=bytes, value_type=bytes, partitions=1), name="breaker"
+    def batches(name: str, channel: Any, size: int, process: Any) -> None:
+        async def run(stream: faust.StreamT[bytes]) -> None:
+            async for batch in stream.take_events(size, within=settings.ingest_batch_within):
+                await warehouse.wait_for_room()  # back-pressure while ClickHouse is behind
+                await process(batch)
+
+        app.agent(channel, name=name)(run)
+
+    batch_max = settings.ingest_batch_max
+    batches("ingest", topic(*names.sources.values()), batch_max, ingest.process)
+    batches("orders", topic(names.normalized), batch_max, orders.process)
+    batches("dedupe", topic(names.placements), batch_max, dedupe.process)
+    batches(
+        "decisions",
+        topic(names.decisions),
+        100,
+        lambda batch: route_decisions(decisions.producer, names, batch),
     )
-    async def run_breaker(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(1000, within=settings.ingest_batch_within):
-            await breaker.process(batch)
+    batches("anomaly-index", topic(names.anomaly_index), 1000, decisions.process)
+    batches("breaker", topic(names.breaker, partitions=1), 1000, breaker.process)
+
+    @app.task
+    async def start_warehouse() -> None:
+        await warehouse.start()
+
+    @app.on_before_shutdown.connect  # after the consumer's last commit
+    async def stop_warehouse(app: faust.App, **kwargs: Any) -> None:
+        await warehouse.stop()
+
+    @app.timer(1.0)
+    async def flush_warehouse() -> None:
+        await warehouse.maybe_flush()
 
     @app.timer(2.0)
     async def audit_positions() -> None:
-        for each in (stage, orders, dedupe, decisions, breaker):
+        for each in stages:
             await each.audit_positions()
 
     @app.timer(1.0)
     async def advance_event_time() -> None:
+        await ingest.tick()
         await orders.tick()
 
     @app.timer(300.0)
     async def evict_finished_state() -> None:
         await orders.evict()
         await dedupe.expire_windows()
-
-    @app.page("/metrics")
-    class MetricsView(View):
-        async def get(self, request: Request) -> Response:
-            body, content_type = metrics.exposition()
-            return web.Response(body=body, headers={"Content-Type": content_type})
 
     @app.page("/kpis")
     class KpiView(View):
@@ -206,6 +205,12 @@ def create_app(settings: Settings) -> faust.App:
             if not phone:
                 return self.json({"error": "give ?phone=… to find a customer's orders"}, status=400)
             return self.json({"orders": orders.orders_by_phone(phone_hash(phone))})
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            body, content_type = metrics.exposition()
+            return web.Response(body=body, headers={"Content-Type": content_type})
 
     @app.page("/health")
     class HealthView(View):

@@ -23,21 +23,26 @@ from sinks import metrics
 from streams.produce import Outgoing
 from streams.rules.dedupe import DedupeRules, FingerprintWindow, duplicate_anomaly
 from streams.rules.routing import RoutingFacts, route
-from streams.rules.watermark import Watermark, as_us, from_us, parse_us
+from streams.rules.watermark import UpstreamMarks, Watermark, as_us, from_us, parse_us, span_us
 from streams.stage import PartitionedStage
 from streams.topics import TopicNames
 
 REPLAY_SLACK = timedelta(hours=1)
 
 
-def placement(order_id: str, event: dict[str, Any]) -> dict[str, Any]:
-    """The record the per-order stage publishes for an ERP event that carries the order."""
+def placement(order_id: str, event: dict[str, Any], watermark_us: int | None) -> dict[str, Any]:
+    """The record the per-order stage publishes for an ERP event that carries the order.
+
+    `wm` is the per-order stage's watermark (event time across every source partition): the
+    dedupe stage's clock, so a fast partition cannot expire orders a slow one still pairs.
+    """
     return {
         "order_id": order_id,
         "order": event["order"],
         "event_id": event["event_id"],
         "status": event.get("status", ""),
         "occurred_at": event["occurred_at"],
+        "wm": watermark_us,
     }
 
 
@@ -67,12 +72,12 @@ class DedupeStage(PartitionedStage):
         self.rules = rules
         self.routing = routing
         self.on_anomaly = on_anomaly
-        # Orders stay in reach an hour past the usual lateness: a replay or a backlog reaches
-        # this stage interleaved across partitions, minutes to hours of event time apart, and a
-        # pair must not depend on which partition ran first. Memory grows by an hour of orders.
-        self.watermark = Watermark(
-            settings.allowed_lateness + REPLAY_SLACK, settings.watermark_idle_after
-        )
+        # The clock is the per-order stage's watermark carried by each placement, less a
+        # slack: that stage reads its partitions batch by batch, so placements of one
+        # fingerprint can arrive a batch apart. Memory grows by an hour of orders.
+        self.watermark = Watermark(settings.allowed_lateness, settings.watermark_idle_after)
+        self._marks: UpstreamMarks[int] = UpstreamMarks(settings.source_idle_after)
+        self._slack_us = span_us(REPLAY_SLACK)
 
     def fingerprint_key(self, details: dict[str, Any]) -> bytes:
         """The placements key of an order's details (raises ValueError when they are invalid)."""
@@ -92,8 +97,16 @@ class DedupeStage(PartitionedStage):
             if not await self._in_sequence(msg, now):
                 continue
             body = orjson.loads(event.value)
+            if body.get("wm") is not None:
+                # The slowest placements partition sets the clock (each gets every mark).
+                self._marks.observe_us("orders", msg.partition, body["wm"], wall_us)
+                merged = self._marks.value_us(None, wall_us)
+                if merged is not None:
+                    self.watermark.advance_to_us(merged - self._slack_us, wall_us)
+            if "order_id" not in body:
+                continue  # a mark only
             occurred_us = parse_us(body["occurred_at"])
-            watermark = from_us(self.watermark.observe_us(occurred_us, wall_us))
+            watermark = self.watermark.value
             key: bytes = msg.key
             held = touched.get(key)
             state = held[1] if held else FingerprintWindow.from_json(store.get(key))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from schemas.stages import Source
 from sinks import metrics
 from streams.produce import Outgoing
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
+from streams.rules.watermark import SourceTime, as_us
 from streams.stage import PartitionedStage
 from streams.topics import TopicNames
 
@@ -57,6 +59,7 @@ class IngestStage(PartitionedStage):
         table: TableT,
         rules: IngestRules,
         topics: TopicNames,
+        source_time: SourceTime[Any],
         *,
         end_marker_key: str | None,
     ):
@@ -64,6 +67,9 @@ class IngestStage(PartitionedStage):
         self.rules = rules
         self.topics = topics
         self.source_of = topics.source_of()
+        self.source_time = source_time
+        self.origin = uuid.uuid4().hex[:12]  # this worker, as a source of watermarks
+        self._sent_watermark: int | None = None
 
     async def process(self, events: Sequence[EventT]) -> None:
         """Validate, dedupe, link and forward a batch; then persist the touched state."""
@@ -75,7 +81,10 @@ class IngestStage(PartitionedStage):
         latest_event_time: dict[Source, datetime] = {}
 
         store = self.table.data  # the store itself: Table.get adds per-call bookkeeping
+        if self.reassigned():
+            self.source_time.reset()
         await self._baselines({e.message.tp for e in events})
+        wall_us = as_us(received_at)
         now = time.monotonic()
         for event in events:
             msg = event.message
@@ -89,6 +98,7 @@ class IngestStage(PartitionedStage):
                 counts[(source.value, Outcome.REJECTED.value)] += 1
                 continue
             assert raw is not None
+            self.source_time.observe_us(msg.tp, as_us(decoded.occurred_at), wall_us)
             key = state_key(source, decoded.order_ref)
             entry = touched.get(key)
             state = entry[1] if entry else RefState.from_json(store.get(key))
@@ -106,6 +116,7 @@ class IngestStage(PartitionedStage):
             if seen is None or decoded.occurred_at > seen:
                 latest_event_time[source] = decoded.occurred_at
 
+        await self._mark_watermark(out, wall_us)
         await self._produce(out)
         await self._persist({key: (p, state.to_json()) for key, (p, state) in touched.items()})
 
@@ -114,6 +125,37 @@ class IngestStage(PartitionedStage):
         for source, occurred in latest_event_time.items():
             metrics.EVENT_LAG.labels(source.value).set((received_at - occurred).total_seconds())
         metrics.INGEST_BATCH_SECONDS.set(time.perf_counter() - started)
+
+    async def _mark_watermark(self, out: list[Outgoing], wall_us: int) -> None:
+        # After the batch's events, on every partition of concord.normalized: event time
+        # across the source partitions this worker reads (the per-order stage's clock).
+        await self._note_backlogs()
+        watermark = self.source_time.value_us(wall_us)
+        if watermark is None or watermark == self._sent_watermark:
+            return
+        self._sent_watermark = watermark
+        body = orjson.dumps({"watermark_us": watermark, "origin": self.origin})
+        for partition in await self.producer.partitions(self.topics.normalized):
+            out.append(Outgoing(self.topics.normalized, None, body, None, partition))
+
+    async def _note_backlogs(self) -> None:
+        # A source partition whose log end is past the next offset to process has events
+        # waiting: it holds event time back, however long the consumer leaves it unread.
+        assigned = sorted(self.assigned())
+        if not assigned or self.app.rebalancing:
+            return
+        ends = await self.app.consumer.highwaters(*assigned)
+        for tp in assigned:
+            expected = self.continuity.expected(tp)
+            end = ends.get(tp)
+            pending = end is not None and (expected is None or end > expected)
+            self.source_time.backlog(tp, pending)
+
+    async def tick(self) -> None:
+        """Publish the watermark if it moved since a batch did (quiet partitions let it go)."""
+        out: list[Outgoing] = []
+        await self._mark_watermark(out, as_us(datetime.now(UTC)))
+        await self._produce(out)
 
     def _dead(
         self, msg: Any, raw: bytes | None, rejection: Rejection, received_at: datetime

@@ -48,9 +48,10 @@ from streams.rules.order_state import (
 )
 from streams.rules.refresh_latency import TARGETS, LatencyWindow, Observation
 from streams.rules.routing import AutoRoutingRate
-from streams.rules.watermark import Watermark, as_us, from_us, parse_us
+from streams.rules.watermark import UpstreamMarks, Watermark, as_us, from_us, parse_us
 from streams.stage import PartitionedStage
 from streams.topics import TopicNames
+from streams.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,17 @@ class OrderStage(PartitionedStage):
         routing: RoutingTable,
         *,
         fingerprint: Callable[[dict[str, Any]], bytes],
+        warehouse: Warehouse | None = None,
         end_marker_key: str | None,
     ):
         super().__init__(
             app, table, [topics.normalized], end_marker_key=end_marker_key, encode_key=order_key
         )
         self.fingerprint = fingerprint
+        self.warehouse = warehouse
+        self._marks: UpstreamMarks[int] = UpstreamMarks(settings.source_idle_after)
+        self._kpi_minute: int | None = None
+        self._placements_marked: int | None = None
         self.topics = topics
         self.settings = settings
         self.join = OrderJoin()
@@ -149,28 +155,43 @@ class OrderStage(PartitionedStage):
                 if not await self._in_sequence(msg, now):
                     continue
                 body = orjson.loads(event.value)
-                if "decision" in body:
+                if "watermark_us" in body:
+                    self._mark(msg.partition, body, wall, wall_us)
+                elif "decision" in body:
                     self._decide(msg, body, wall)
                 else:
                     self._apply(msg.partition, body, wall, wall_us)
                     self._last_offset[msg.partition] = msg.offset
+                    if self.warehouse is not None:
+                        self.warehouse.topic_records("normalized", (event.value,))
             self._ship_intake()
             await self._flush()
             metrics.ORDER_BATCH_SECONDS.set(time.perf_counter() - started)
 
+    def _mark(self, partition: int, body: dict[str, Any], wall: datetime, wall_us: int) -> None:
+        # Ingest's event time across the source partitions (SourceTime), merged over the
+        # partitions this worker reads and the ingest workers that report (UpstreamMarks).
+        self._marks.observe_us(body["origin"], partition, body["watermark_us"], wall_us)
+        mine = [tp.partition for tp in self.assigned()]
+        merged = self._marks.value_us(mine, wall_us)
+        if merged is None:
+            return
+        before = self.watermark.value_us
+        self.watermark.advance_to_us(merged, wall_us)
+        if self.watermark.value_us != before:
+            self._run_due(from_us(self.watermark.value_us), wall)  # type: ignore[arg-type]
+
     def _apply(self, partition: int, body: dict[str, Any], wall: datetime, wall_us: int) -> None:
         source = _SOURCES[body["source"]]
         event_us = parse_us(body["occurred_at"])
-        wm_us = self.watermark.observe_us(event_us, wall_us)
         caught = self.freshness.observe_us(
             source, event_us, wall_us, event_id=body["event_id"], status=body.get("status", "")
         )
+        watermark = self.watermark.value
         if caught is not None:
-            self.wheel.release(caught.source, from_us(wm_us))
+            self.wheel.release(caught.source, watermark or from_us(event_us))
             if caught.anomaly is not None:
                 self._emit(caught.anomaly)
-        watermark = from_us(wm_us)
-        self._run_due(watermark, wall)
 
         key = order_key(body["order_id"])
         entry = self._entry(key, partition)
@@ -191,16 +212,22 @@ class OrderStage(PartitionedStage):
                 Outgoing(
                     self.topics.placements,
                     self.fingerprint(body["order"]),
-                    orjson.dumps(placement(entry.state.order_id, body)),
+                    orjson.dumps(placement(entry.state.order_id, body, self.watermark.value_us)),
                 )
             )
         for obs in change.observations:
             self._observe_latency(obs, record=not obs.revised)
+        if self.warehouse is not None and change.observations:
+            self.warehouse.latencies(change.observations)
         self.consistency.apply(change)
         phone = entry.state.facts.phone_hash if entry.state.facts else None
         if phone != had_phone:
             self._index_phone(entry.state.order_id, had_phone, phone)
-        self._evaluate(entry, watermark, wall)
+        if watermark is None:
+            # No event time yet: look at the order once there is.
+            self.wheel.schedule_us(entry.state.order_id, event_us)
+        else:
+            self._evaluate(entry, watermark, wall)
 
     def _ship_intake(self) -> None:
         # Every partition this worker owns reports its counts and the worker's watermark, even
@@ -310,12 +337,40 @@ class OrderStage(PartitionedStage):
     async def _flush(self) -> None:
         # Outputs first, then the states that record them: a crash repeats an anomaly (its id
         # is deterministic, consumers dedupe) but never loses one.
+        await self._mark_placements()
         out, self._out = self._out, []
         touched, self._touched = self._touched, {}
         if out:
             await self.producer.send(out)
         await self._persist({key: (e.partition, e.to_json()) for key, e in touched.items()})
+        if self.warehouse is not None:
+            self.warehouse.order_states(
+                (e.state, bool(e.state.consistent)) for e in touched.values() if not e.evict
+            )
+            self._snapshot_kpis()
         self._publish_gauges()
+
+    async def _mark_placements(self) -> None:
+        # After this batch's placements, on every placements partition: the dedupe stage's
+        # clock (a partition no order reached lately must not hold it back).
+        watermark = self.watermark.value_us
+        if watermark is None or watermark == self._placements_marked:
+            return
+        self._placements_marked = watermark
+        body = orjson.dumps({"wm": watermark})
+        for partition in await self.producer.partitions(self.topics.placements):
+            self._out.append(Outgoing(self.topics.placements, None, body, None, partition))
+
+    def _snapshot_kpis(self) -> None:
+        # One KPI row set per minute of event time, at the watermark.
+        assert self.warehouse is not None
+        watermark = self.watermark.value
+        if watermark is None:
+            return
+        minute = int(watermark.timestamp()) // 60
+        if minute != self._kpi_minute:
+            self._kpi_minute = minute
+            self.warehouse.kpis(watermark, self.kpis())
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -394,6 +449,7 @@ class OrderStage(PartitionedStage):
         """Start the derived aggregates over from the order states this worker owns."""
         orders = list(orders)
         self.watermark = self._new_watermark()
+        self._marks.reset()
         last = max((s.last_event_us or 0 for s, _ in orders), default=0)
         if last:
             self.watermark.observe_us(last, as_us(wall))

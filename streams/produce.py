@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,8 @@ class BatchProducer:
 
     def __init__(self, app: Any):
         self.app = app
+        # Sees every record once the broker has it (the ClickHouse feed of outputs).
+        self.tap: Callable[[list[Outgoing]], None] | None = None
         self._partitions: dict[str, list[int]] = {}
         self._by_key: dict[tuple[str, bytes], int] = {}
 
@@ -101,4 +103,6 @@ class BatchProducer:
             pending.append(await producer.send_batch(batch, topic, partition=partition))
         if pending:
             await asyncio.gather(*pending)
+        if self.tap is not None:
+            self.tap([r for group in groups.values() for r in group])
         return len(pending)

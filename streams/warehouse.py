@@ -247,6 +247,23 @@ class Warehouse:
         table, mapper = _TOPIC_ROWS[topic_kind]
         self._add(table, values, mapper)
 
+    def outgoing(self, records: Iterable[Any]) -> None:
+        """Produced records (streams.produce.Outgoing): anomalies and dead letters are kept."""
+        anomalies: list[bytes] = []
+        dead: list[bytes] = []
+        for record in records:
+            if record.value is None:
+                continue
+            kind = record.topic.rsplit(".", 1)[-1]
+            if kind == "anomalies":
+                anomalies.append(record.value)
+            elif kind == "deadletter":
+                dead.append(record.value)
+        if anomalies:
+            self.topic_records("anomalies", anomalies)
+        if dead:
+            self.topic_records("deadletter", dead)
+
     def order_states(self, items: Iterable[tuple[OrderState, bool]]) -> None:
         """(order state, consistent) pairs, e.g. each order a batch touched."""
         self._add("order_state", items, lambda item: order_state_record_row(*item))

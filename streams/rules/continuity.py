@@ -62,6 +62,10 @@ class OffsetContinuity(Generic[Partition]):
         """The partitions with a known expected offset."""
         return list(self._expected)
 
+    def expected(self, partition: Partition) -> int | None:
+        """The next offset the partition should deliver (None before its baseline)."""
+        return self._expected.get(partition)
+
     def knows(self, partition: Partition) -> bool:
         """Whether a baseline has been set for this partition."""
         return partition in self._expected

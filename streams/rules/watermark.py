@@ -18,14 +18,34 @@ The rule, exactly (all in microseconds; L = allowed_lateness, I = idle_after):
 * The watermark never goes backwards. Events behind it are still applied by the per-order
   state; they are only too late to hold back a timer that has already fired.
 * Before the first event there is no watermark (None) and idle time does not create one.
+* `advance_to(w, wall)`: a watermark computed upstream (see `SourceTime`) moves this one to
+  `max(watermark, w)`; when it moves, that counts as activity for the idle rule (an upstream
+  that keeps repeating one value is idle).
+
+`SourceTime` is the upstream computation, across input partitions (ingest reads many):
+
+* each partition keeps its own max event time (capped like above) and the wall time of its
+  latest event; the wiring also tells it which partitions have a backlog (records in the
+  log not read yet, from the consumer's positions and the log end offsets);
+* a partition is *active* while it has a backlog or its latest event came less than I ago;
+  a partition with a backlog and no event seen yet freezes the value (its time is unknown);
+* `value(wall) = min(max event of the active partitions) - L`, or, when none is active,
+  `max(max event of every partition) - L`; never decreasing.
+  The slowest active partition sets the pace: a backlog on one topic (a connector catching
+  up, or a replay the consumer reads unevenly) holds event time back instead of letting the
+  other topics' events make its orders look late. A caught-up partition that went quiet
+  stops holding it. Wall time alone cannot tell quiet from not-yet-fetched: hence backlogs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
+
+P = TypeVar("P")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -142,6 +162,14 @@ class Watermark:
         self._last_wall_us = wall_us
         return self._wm_us
 
+    def advance_to_us(self, value_us: int, wall_us: int) -> int:
+        """Move to an upstream watermark (never back); a move is activity for the idle rule."""
+        if self._wm_us is None or value_us > self._wm_us:
+            self._wm_us = value_us
+            self._wm_at_last_us = value_us
+            self._last_wall_us = wall_us
+        return self._wm_us
+
     def advance_idle(self, wall_now: datetime) -> datetime | None:
         """Let event time flow with the wall clock once no event came for `idle_after`."""
         self.advance_idle_us(as_us(wall_now))
@@ -185,3 +213,109 @@ class Watermark:
             mark._last_wall_us = raw.get("l")
             mark.clamped = int(raw.get("c", 0))
         return mark
+
+
+class SourceTime(Generic[P]):
+    """Event time across input partitions: the slowest active partition sets the pace."""
+
+    __slots__ = ("_ahead_us", "_backlog", "_idle_us", "_lateness_us", "_parts", "_wm_us")
+
+    def __init__(
+        self,
+        allowed_lateness: timedelta = DEFAULT_ALLOWED_LATENESS,
+        idle_after: timedelta = DEFAULT_IDLE_AFTER,
+        max_ahead: timedelta | None = DEFAULT_MAX_AHEAD,
+    ) -> None:
+        if allowed_lateness < timedelta(0) or idle_after <= timedelta(0):
+            raise ValueError("allowed_lateness must be >= 0 and idle_after > 0")
+        self._lateness_us = span_us(allowed_lateness)
+        self._idle_us = span_us(idle_after)
+        self._ahead_us = None if max_ahead is None else span_us(max_ahead)
+        self._parts: dict[P, list[int]] = {}  # partition -> [max event µs, last wall µs]
+        self._backlog: set[P] = set()
+        self._wm_us: int | None = None
+
+    def backlog(self, partition: P, pending: bool) -> None:
+        """Whether `partition` has records in its log that were not read yet."""
+        if pending:
+            self._backlog.add(partition)
+        else:
+            self._backlog.discard(partition)
+
+    def observe_us(self, partition: P, event_us: int, wall_us: int) -> None:
+        """Account for one event of `partition`."""
+        if self._ahead_us is not None and event_us > wall_us + self._ahead_us:
+            event_us = wall_us + self._ahead_us
+        part = self._parts.get(partition)
+        if part is None:
+            self._parts[partition] = [event_us, wall_us]
+            return
+        if event_us > part[0]:
+            part[0] = event_us
+        if wall_us > part[1]:
+            part[1] = wall_us
+
+    def value_us(self, wall_us: int) -> int | None:
+        """The watermark at wall time `wall_us` (None before any event)."""
+        if not self._parts or any(p not in self._parts for p in self._backlog):
+            return self._wm_us
+        active = [
+            m
+            for p, (m, w) in self._parts.items()
+            if p in self._backlog or wall_us - w < self._idle_us
+        ]
+        base = min(active) if active else max(m for m, _ in self._parts.values())
+        candidate = base - self._lateness_us
+        if self._wm_us is None or candidate > self._wm_us:
+            self._wm_us = candidate
+        return self._wm_us
+
+    def reset(self) -> None:
+        """Forget every partition (after a reassignment); the value may start lower again."""
+        self._parts.clear()
+        self._backlog.clear()
+        self._wm_us = None
+
+
+class UpstreamMarks(Generic[P]):
+    """Watermarks upstream workers publish on each partition of a topic, merged downstream.
+
+    An upstream worker (an *origin*) appends its watermark to every partition after the
+    records it covers, so a mark read on one partition says nothing about the records still
+    unread on another. The merged value is therefore the minimum over the partitions read of
+    each origin's latest mark on that partition, and the minimum of that over the origins
+    heard from in the last `idle_after` of wall time (an origin that stopped, say a worker
+    that left the group, stops holding it). An origin not yet heard on every partition read
+    gives no value at all: its time on the others is unknown.
+    """
+
+    __slots__ = ("_idle_us", "_marks", "_seen")
+
+    def __init__(self, idle_after: timedelta = DEFAULT_IDLE_AFTER) -> None:
+        self._idle_us = span_us(idle_after)
+        self._marks: dict[str, dict[P, int]] = {}
+        self._seen: dict[str, int] = {}
+
+    def observe_us(self, origin: str, partition: P, mark_us: int, wall_us: int) -> None:
+        """Take one mark read from `partition`."""
+        marks = self._marks.setdefault(origin, {})
+        if mark_us > marks.get(partition, mark_us - 1):
+            marks[partition] = mark_us
+        self._seen[origin] = max(self._seen.get(origin, wall_us), wall_us)
+
+    def value_us(self, partitions: Collection[P] | None, wall_us: int) -> int | None:
+        """The merged watermark over `partitions` (None: every partition marked so far)."""
+        values: list[int] = []
+        for origin, marks in self._marks.items():
+            if wall_us - self._seen[origin] >= self._idle_us:
+                continue
+            wanted = marks.keys() if partitions is None else partitions
+            if not wanted or any(p not in marks for p in wanted):
+                return None
+            values.append(min(marks[p] for p in wanted))
+        return min(values) if values else None
+
+    def reset(self) -> None:
+        """Forget every mark (after a reassignment)."""
+        self._marks.clear()
+        self._seen.clear()

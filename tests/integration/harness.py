@@ -115,6 +115,11 @@ async def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, byt
     return n
 
 
+def keyed(records: list[Any]) -> list[Any]:
+    """Records with a key: on concord.normalized the events, not the watermark marks."""
+    return [r for r in records if r.key is not None]
+
+
 async def read_all(
     bootstrap: str, topics: list[str], *, until: Any = None, within: float = 90.0
 ) -> list[Any]:

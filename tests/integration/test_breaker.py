@@ -56,7 +56,11 @@ def _watermark(worker) -> datetime | None:
 
 def test_promo_peak_throttles_then_resumes(broker, spawn, prefix):
     # Thresholds scaled down 100x on orders (2200 -> 20); the failure rate stays 8%.
-    worker = spawn(CONCORD_BREAKER__MIN_ORDERS="20", CONCORD_WATERMARK_IDLE_AFTER="PT1H")
+    worker = spawn(
+        CONCORD_BREAKER__MIN_ORDERS="20",
+        CONCORD_SOURCE_IDLE_AFTER="PT2S",
+        CONCORD_WATERMARK_IDLE_AFTER="PT1H",
+    )
     bootstrap = f"127.0.0.1:{broker.port}"
 
     # The peak: one order a minute from 10:00 to 10:59, every fifth reservation failing (20%).
@@ -64,7 +68,7 @@ def test_promo_peak_throttles_then_resumes(broker, spawn, prefix):
     asyncio.run(produce(bootstrap, _records(prefix, peak)))
     deadline = time.monotonic() + 60
     while (_watermark(worker) or T0) < T0 + timedelta(minutes=57):
-        assert time.monotonic() < deadline, worker.log_tail()
+        assert time.monotonic() < deadline, (_watermark(worker), worker.log_tail())
         time.sleep(0.5)
     # Then a quiet afternoon, one order every ten minutes, live in event-time order.
     quiet = [

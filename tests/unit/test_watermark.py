@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.rules.watermark import Watermark, as_us, event_time, from_us, parse_us
+from streams.rules.watermark import (
+    SourceTime,
+    UpstreamMarks,
+    Watermark,
+    as_us,
+    event_time,
+    from_us,
+    parse_us,
+)
 
 T0 = datetime(2025, 12, 12, 10, 0, tzinfo=UTC)
 WALL = datetime(2025, 12, 13, 9, 0, tzinfo=UTC)  # replaying yesterday: wall time is ahead
@@ -153,3 +161,107 @@ def test_a_naive_or_broken_event_time_is_refused() -> None:
         event_time("2025-12-12T10:00:00")
     with pytest.raises(ValueError, match="aware"):
         event_time("yesterday")
+
+
+# --- SourceTime: event time across input partitions --------------------------------------
+
+SEC_US = 1_000_000
+MIN_US = 60 * SEC_US
+
+
+def _source_time() -> SourceTime[str]:
+    return SourceTime(timedelta(minutes=2), timedelta(seconds=60), max_ahead=None)
+
+
+def test_the_slowest_active_partition_sets_the_pace():
+    clock = _source_time()
+    t0, wall = as_us(T0), as_us(WALL)
+    clock.observe_us("erp/0", t0 + 120 * MIN_US, wall)  # the ERP topic is two hours ahead
+    clock.observe_us("crm/0", t0 + 10 * MIN_US, wall)
+    assert clock.value_us(wall) == t0 + 8 * MIN_US  # crm's 10:10 minus 2 min lateness
+    clock.observe_us("crm/0", t0 + 100 * MIN_US, wall + SEC_US)
+    assert clock.value_us(wall + SEC_US) == t0 + 98 * MIN_US
+
+
+def test_a_quiet_partition_stops_holding_event_time_back():
+    clock = _source_time()
+    t0, wall = as_us(T0), as_us(WALL)
+    clock.observe_us("logistics/3", t0, wall)
+    clock.observe_us("erp/0", t0 + 30 * MIN_US, wall + 59 * SEC_US)
+    assert clock.value_us(wall + 59 * SEC_US) == t0 - 2 * MIN_US
+    assert clock.value_us(wall + 60 * SEC_US) == t0 + 28 * MIN_US  # idle for 60 s: left out
+
+
+def test_all_quiet_uses_the_newest_event_and_never_goes_back():
+    clock = _source_time()
+    t0, wall = as_us(T0), as_us(WALL)
+    clock.observe_us("a", t0 + 5 * MIN_US, wall)
+    clock.observe_us("b", t0 + 9 * MIN_US, wall)
+    assert clock.value_us(wall + 600 * SEC_US) == t0 + 7 * MIN_US
+    clock.observe_us("c", t0, wall + 601 * SEC_US)  # a new, slower partition wakes up
+    assert clock.value_us(wall + 601 * SEC_US) == t0 + 7 * MIN_US
+    clock.reset()
+    assert clock.value_us(wall) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 10_000)), min_size=1))
+def test_source_time_is_the_min_of_partition_maxima_while_all_are_active(events):
+    clock = _source_time()
+    wall = as_us(WALL)
+    for part, minute in events:
+        clock.observe_us(part, as_us(T0) + minute * MIN_US, wall)
+    maxima: dict[str, int] = {}
+    for part, minute in events:
+        maxima[part] = max(maxima.get(part, 0), minute)
+    assert clock.value_us(wall) == as_us(T0) + (min(maxima.values()) - 2) * MIN_US
+
+
+def test_an_upstream_watermark_moves_it_forward_only_and_a_move_is_activity():
+    mark = Watermark(timedelta(minutes=2), timedelta(seconds=60))
+    wall = as_us(WALL)
+    assert mark.advance_to_us(as_us(T0), wall) == as_us(T0)
+    assert mark.advance_to_us(as_us(T0) + SEC_US, wall + SEC_US) == as_us(T0) + SEC_US
+    assert mark.advance_to_us(as_us(T0), wall + 2 * SEC_US) == as_us(T0) + SEC_US  # repeated
+    assert mark.advance_idle_us(wall + 60 * SEC_US) == as_us(T0) + SEC_US  # moved 59 s ago
+    assert mark.advance_idle_us(wall + 61 * SEC_US) == as_us(T0) + 61 * SEC_US
+
+
+def test_a_partition_with_a_backlog_holds_event_time_however_long_it_waits():
+    clock = _source_time()
+    t0, wall = as_us(T0), as_us(WALL)
+    clock.observe_us("erp/0", t0, wall)
+    clock.observe_us("crm/0", t0 + 90 * MIN_US, wall + 300 * SEC_US)
+    clock.backlog("erp/0", pending=True)  # not fetched for five minutes, but not done
+    assert clock.value_us(wall + 300 * SEC_US) == t0 - 2 * MIN_US
+    clock.backlog("erp/0", pending=False)
+    assert clock.value_us(wall + 300 * SEC_US) == t0 + 88 * MIN_US
+
+
+def test_a_backlog_on_a_partition_never_read_freezes_event_time():
+    clock = _source_time()
+    t0, wall = as_us(T0), as_us(WALL)
+    clock.observe_us("crm/0", t0 + 90 * MIN_US, wall)
+    clock.backlog("erp/0", pending=True)
+    assert clock.value_us(wall) is None
+    clock.observe_us("erp/0", t0, wall)
+    assert clock.value_us(wall) == t0 - 2 * MIN_US
+
+
+def test_upstream_marks_take_the_slowest_partition_and_origin():
+    marks: UpstreamMarks[int] = UpstreamMarks(timedelta(seconds=60))
+    wall = as_us(WALL)
+    marks.observe_us("ingest-a", 0, 500, wall)
+    assert marks.value_us([0, 1], wall) is None  # partition 1 not marked yet: unknown
+    marks.observe_us("ingest-a", 1, 300, wall)
+    assert marks.value_us([0, 1], wall) == 300
+    marks.observe_us("ingest-a", 1, 200, wall)  # an older mark never moves it back
+    assert marks.value_us([0, 1], wall) == 300
+    marks.observe_us("ingest-b", 0, 100, wall + SEC_US)
+    marks.observe_us("ingest-b", 1, 100, wall + SEC_US)
+    assert marks.value_us([0, 1], wall + SEC_US) == 100
+    # ingest-b stops (it left the group): after a minute its marks no longer hold.
+    marks.observe_us("ingest-a", 0, 900, wall + 61 * SEC_US)
+    marks.observe_us("ingest-a", 1, 800, wall + 61 * SEC_US)
+    assert marks.value_us([0, 1], wall + 61 * SEC_US) == 800
+    assert marks.value_us(None, wall + 61 * SEC_US) == 800
