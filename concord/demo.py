@@ -99,7 +99,16 @@ def run_demo(
             )
         console.print(render(final))
         found = asyncio.run(_anomalies(settings))
-        console.print(_against_labels(found, scenario.labels))
+        scores = _against_labels(found, scenario.labels)
+        console.print(_scores_table(scores))
+        summary = {
+            "kpis": final.kpis,
+            "commands": final.by("concord_commands_total", "kind"),
+            "duplicates": final.total("concord_duplicates_total"),
+            "dead_letters": final.by("concord_deadletter_total", "reason"),
+            "against_labels": scores,
+        }
+        (data_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         order_id = next(iter(sorted(scenario.labels.ghosts.get("status_conflict") or {"?"})))
         console.print(
             f"\norder 360: {base_url}/orders/{order_id}   by phone: {base_url}/orders?phone=…\n"
@@ -247,17 +256,25 @@ async def _anomalies(settings: Settings) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def _against_labels(anomalies: dict[str, dict[str, Any]], labels: Labels) -> Table:
-    """What the pipeline found next to the scenario's ground truth."""
+def _scores_table(scores: dict[str, dict[str, int]]) -> Table:
     table = Table(title="found by Concord vs the scenario's ground truth")
     for column in ("what", "labelled", "found", "precision", "recall"):
         table.add_column(column, justify="left" if column == "what" else "right")
+    for what, n in scores.items():
+        precision = f"{n['hits'] / n['found']:.3f}" if n["found"] else "—"
+        recall = f"{n['hits'] / n['labelled']:.3f}" if n["labelled"] else "—"
+        table.add_row(what, str(n["labelled"]), str(n["found"]), precision, recall)
+    return table
+
+
+def _against_labels(
+    anomalies: dict[str, dict[str, Any]], labels: Labels
+) -> dict[str, dict[str, int]]:
+    """What the pipeline found next to the scenario's ground truth: labelled, found, hits."""
+    scores: dict[str, dict[str, int]] = {}
 
     def row(what: str, truth: set[Any], found: set[Any]) -> None:
-        hits = len(truth & found)
-        precision = f"{hits / len(found):.3f}" if found else "—"
-        recall = f"{hits / len(truth):.3f}" if truth else "—"
-        table.add_row(what, str(len(truth)), str(len(found)), precision, recall)
+        scores[what] = {"labelled": len(truth), "found": len(found), "hits": len(truth & found)}
 
     pairs = {
         frozenset(a.get("order_ids") or ())
@@ -270,7 +287,10 @@ def _against_labels(anomalies: dict[str, dict[str, Any]], labels: Labels) -> Tab
     open_now: dict[str, set[str]] = defaultdict(set)
     for a in anomalies.values():
         if a["type"] in {t.value for t in GHOST_TYPES} and a["state"] == "open":
-            open_now[a["type"]].add(a.get("order_id") or "")
+            # An orphan names the ERP id it points to; the scenario, the system's own ref.
+            names = {a.get("order_id") or "", *(a.get("refs") or {}).values()}
+            truth = labels.ghosts.get(a["type"], set())
+            open_now[a["type"]].add(next((n for n in names if n in truth), min(names)))
     for type_, orders in sorted(labels.ghosts.items()):
         row(f"{type_} (open at the end)", set(orders), open_now.get(type_, set()))
-    return table
+    return scores

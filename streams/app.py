@@ -21,6 +21,7 @@ from streams.dedupe import DedupeStage
 from streams.ingest import IngestStage
 from streams.orders import OrderStage
 from streams.rules.dedupe import DedupeRules
+from streams.rules.ghosts import GhostRules
 from streams.rules.ingest import IngestRules
 from streams.rules.watermark import SourceTime
 from streams.topics import TopicNames, kafka_auth
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> faust.App:
         IngestRules(load_status_map(settings.status_map_file)),
         names,
         SourceTime(settings.allowed_lateness, settings.source_idle_after),
+        GhostRules(routing=routing),
         end_marker_key=end_marker,
     )
     # concord.normalized -> per-order join, KPIs, ghosts -> anomalies, commands, placements
@@ -132,6 +134,7 @@ def create_app(settings: Settings) -> faust.App:
         on_anomaly=orders.record_anomaly,
         end_marker_key=end_marker,
     )
+    ingest.on_anomaly = orders.record_anomaly
     stages = (ingest, orders, dedupe, decisions, breaker)
     for each in stages:
         each.producer.tap = warehouse.outgoing

@@ -11,18 +11,21 @@ import base64
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from faust.types import EventT, TableT
 
+from schemas.anomalies import Anomaly
 from schemas.stages import Source
 from sinks import metrics
 from streams.produce import Outgoing
+from streams.rules.ghosts import GhostRules, GhostState, TimerWheel, evaluate_unlinked
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
-from streams.rules.watermark import SourceTime, as_us
+from streams.rules.order_state import OrderJoin
+from streams.rules.watermark import SourceTime, as_us, from_us, parse_us
 from streams.stage import PartitionedStage
 from streams.topics import TopicNames
 
@@ -60,6 +63,7 @@ class IngestStage(PartitionedStage):
         rules: IngestRules,
         topics: TopicNames,
         source_time: SourceTime[Any],
+        ghost_rules: GhostRules,
         *,
         end_marker_key: str | None,
     ):
@@ -70,6 +74,12 @@ class IngestStage(PartitionedStage):
         self.source_time = source_time
         self.origin = uuid.uuid4().hex[:12]  # this worker, as a source of watermarks
         self._sent_watermark: int | None = None
+        # Unlinked references (events held for a link): orphan_order once they waited long.
+        self.ghost_rules = ghost_rules
+        self.join = OrderJoin()
+        self.unlinked = TimerWheel()
+        self.on_anomaly: Callable[[Anomaly], None] = lambda anomaly: None
+        self._built_for: int | None = None
 
     async def process(self, events: Sequence[EventT]) -> None:
         """Validate, dedupe, link and forward a batch; then persist the touched state."""
@@ -83,6 +93,7 @@ class IngestStage(PartitionedStage):
         store = self.table.data  # the store itself: Table.get adds per-call bookkeeping
         if self.reassigned():
             self.source_time.reset()
+        self._ensure_timers()
         await self._baselines({e.message.tp for e in events})
         wall_us = as_us(received_at)
         now = time.monotonic()
@@ -110,13 +121,17 @@ class IngestStage(PartitionedStage):
             if applied.outcome is Outcome.DUPLICATE:
                 continue
             touched[key] = (msg.partition, state)
+            if applied.outcome is Outcome.HELD and len(state.held) == 1:
+                self.unlinked.schedule(key, decoded.occurred_at)
+            elif applied.outcome is Outcome.ACCEPTED and state.ghosts:
+                self._linked(key, state, decoded.occurred_at, received_at, out)
             for order_id, body in applied.forward:
                 out.append(Outgoing(self.topics.normalized, order_id.encode(), orjson.dumps(body)))
             seen = latest_event_time.get(source)
             if seen is None or decoded.occurred_at > seen:
                 latest_event_time[source] = decoded.occurred_at
 
-        await self._mark_watermark(out, wall_us)
+        await self._mark_watermark(out, wall_us, touched)
         await self._produce(out)
         await self._persist({key: (p, state.to_json()) for key, (p, state) in touched.items()})
 
@@ -126,13 +141,16 @@ class IngestStage(PartitionedStage):
             metrics.EVENT_LAG.labels(source.value).set((received_at - occurred).total_seconds())
         metrics.INGEST_BATCH_SECONDS.set(time.perf_counter() - started)
 
-    async def _mark_watermark(self, out: list[Outgoing], wall_us: int) -> None:
+    async def _mark_watermark(
+        self, out: list[Outgoing], wall_us: int, touched: dict[str, tuple[int, RefState]]
+    ) -> None:
         # After the batch's events, on every partition of concord.normalized: event time
         # across the source partitions this worker reads (the per-order stage's clock).
         await self._note_backlogs()
         watermark = self.source_time.value_us(wall_us)
         if watermark is None or watermark == self._sent_watermark:
             return
+        await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
         self._sent_watermark = watermark
         body = orjson.dumps({"watermark_us": watermark, "origin": self.origin})
         for partition in await self.producer.partitions(self.topics.normalized):
@@ -153,9 +171,84 @@ class IngestStage(PartitionedStage):
 
     async def tick(self) -> None:
         """Publish the watermark if it moved since a batch did (quiet partitions let it go)."""
+        if self.app.rebalancing:
+            return
+        self._ensure_timers()
         out: list[Outgoing] = []
-        await self._mark_watermark(out, as_us(datetime.now(UTC)))
+        touched: dict[str, tuple[int, RefState]] = {}
+        await self._mark_watermark(out, as_us(datetime.now(UTC)), touched)
         await self._produce(out)
+        await self._persist({key: (p, state.to_json()) for key, (p, state) in touched.items()})
+
+    async def _unlinked_due(
+        self,
+        watermark: datetime,
+        wall: datetime,
+        out: list[Outgoing],
+        touched: dict[str, tuple[int, RefState]],
+    ) -> None:
+        # References still waiting for a link when their timer comes up: the ghost rules
+        # (orphan_order after `orphan_after`) on what they hold.
+        store = self.table.data
+        while due := self.unlinked.due(watermark):
+            for key, at in due:
+                held = touched.get(key)
+                state = held[1] if held else RefState.from_json(store.get(key))
+                if state.link is not None or not state.held:
+                    continue
+                source_name, ref = key.split("|", 1)
+                ghosts = GhostState.from_json(state.ghosts, ref)
+                outcome = evaluate_unlinked(
+                    self.ghost_rules, self.join, ref, state.held, ghosts, at, wall
+                )
+                self.unlinked.schedule(key, outcome.next_deadline)
+                state.ghosts = None if ghosts.is_empty else ghosts.to_json()
+                if held is None:
+                    topic = self.topics.sources[Source(source_name)]
+                    partitions = await self.producer.partitions(topic)
+                    touched[key] = (
+                        self.producer.partition_for_key(ref.encode(), partitions),
+                        state,
+                    )
+                for emit in outcome.emits:
+                    if isinstance(emit, Anomaly):
+                        out.append(self._anomaly(emit))
+
+    def _linked(
+        self,
+        key: str,
+        state: RefState,
+        at: datetime,
+        wall: datetime,
+        out: list[Outgoing],
+    ) -> None:
+        # The reference got its ERP order: its orphan_order, if one opened, resolves.
+        ghosts = GhostState.from_json(state.ghosts, key.split("|", 1)[1])
+        for anomaly in ghosts.book.resolve_all(at, wall, "linked"):
+            out.append(self._anomaly(anomaly))
+        state.ghosts = None
+        self.unlinked.cancel(key)
+
+    def _anomaly(self, anomaly: Anomaly) -> Outgoing:
+        metrics.ANOMALIES.labels(anomaly.type.value, anomaly.state.value).inc()
+        self.on_anomaly(anomaly)
+        key = (anomaly.order_id or "").encode()
+        return Outgoing(self.topics.anomalies, key, anomaly.model_dump_json().encode())
+
+    def _ensure_timers(self) -> None:
+        # After an assignment: a timer for every reference of this worker still unlinked.
+        generation = self.app.consumer_generation_id
+        if generation == self._built_for:
+            return
+        self._built_for = generation
+        self.unlinked = TimerWheel()
+        for key, raw in self.table.data.items():
+            state = RefState.from_json(raw) if isinstance(raw, dict) else None
+            if state is None or state.link is not None or not state.held:
+                continue
+            ghosts = GhostState.from_json(state.ghosts)
+            first = min(parse_us(e["occurred_at"]) for e in state.held)
+            self.unlinked.schedule_us(key, ghosts.next_us or first)
 
     def _dead(
         self, msg: Any, raw: bytes | None, rejection: Rejection, received_at: datetime

@@ -269,7 +269,8 @@ class OrderStage(PartitionedStage):
             self._emit(anomaly)
 
     def record_anomaly(self, anomaly: Anomaly) -> None:
-        """Count an anomaly another stage of this worker opened (for the auto-routing rate)."""
+        """Count an anomaly of this worker (open ones by type and team, the auto-routing rate)."""
+        self.open_ghosts.observe(anomaly)
         if anomaly.state is AnomalyState.OPEN:
             self.routing_rate.add(anomaly.anomaly_id, anomaly.opened_at, anomaly.route.team)
 
@@ -321,7 +322,6 @@ class OrderStage(PartitionedStage):
         self._out.append(Outgoing(self.topics.anomalies, key, value))
         self._out.append(index_record(self.topics, emit, value))
         metrics.ANOMALIES.labels(emit.type.value, emit.state.value).inc()
-        self.open_ghosts.observe(emit)
         self.record_anomaly(emit)
 
     def _index_phone(self, order_id: str, old: str | None, new: str | None) -> None:

@@ -81,7 +81,7 @@ from schemas.anomalies import (
 from schemas.routing import Priority, RoutingTable, default_routing
 from schemas.stages import PHASE_OF, Phase, Source
 from streams.rules.lifecycle import SEVERITY_RANK, AnomalyBook, BookEntry, EvidenceItem
-from streams.rules.order_state import OrderState, SystemView, in_scope
+from streams.rules.order_state import OrderJoin, OrderState, SystemView, in_scope
 from streams.rules.routing import RoutingFacts, route
 from streams.rules.watermark import as_us, from_us, span_us
 
@@ -285,6 +285,27 @@ def next_deadline(
     """The earliest event time after `now` at which some ghost rule on this order could change."""
     _, next_us, _ = _scan(_Thresholds.of(settings), state, ghosts.conflict_since_us, as_us(now))
     return None if next_us is None else from_us(next_us)
+
+
+def evaluate_unlinked(
+    rules: GhostRules,
+    join: OrderJoin,
+    ref: str,
+    held: Iterable[Mapping[str, Any]],
+    ghosts: GhostState,
+    now: datetime,
+    detected_at: datetime,
+) -> GhostOutcome:
+    """The ghost rules on a source reference no ERP order is linked to yet.
+
+    Ingest holds such a reference's events until a link arrives; they are joined here into an
+    order named after the reference, so `orphan_order` opens once it has waited `orphan_after`
+    (its id, summary and routing as for any order). When the link comes, ingest resolves it.
+    """
+    state = OrderState(order_id=ref)
+    for event in held:
+        join.apply(state, {**event, "order_id": ref})
+    return rules.evaluate(state, ghosts, now, detected_at)
 
 
 def ghost_anomaly_id(type_: AnomalyType, order_id: str, trigger: str) -> str:

@@ -58,10 +58,13 @@ class RefState:
     has_order: bool = False  # ERP only: the order details have been seen
     seen: list[str] = field(default_factory=list)  # event ids, oldest first
     held: list[dict[str, Any]] = field(default_factory=list)  # waiting for a link
+    ghosts: dict[str, Any] | None = None  # GhostState JSON of the unlinked reference
 
     def to_json(self) -> dict[str, Any]:
         """A compact JSON-able form for the state table."""
         out: dict[str, Any] = {"s": self.seen}
+        if self.ghosts:
+            out["g"] = self.ghosts
         if self.link is not None:
             out["l"] = self.link
         if self.has_order:
@@ -80,6 +83,7 @@ class RefState:
             has_order=bool(raw.get("o")),
             seen=list(raw.get("s", ())),
             held=list(raw.get("h", ())),
+            ghosts=raw.get("g"),
         )
 
 

@@ -31,6 +31,7 @@ from streams.rules.ghosts import (
     GhostSettings,
     GhostState,
     TimerWheel,
+    evaluate_unlinked,
     ghost_anomaly_id,
     next_deadline,
 )
@@ -938,3 +939,34 @@ def test_timers_and_scan_agree_on_a_full_story() -> None:
     # missing in CRM and WMS, a conflict, an orphan, two stalls
     assert len({a[0] for a in seen}) == 6
     assert len(command_ids) == 2 * 2  # two stalls, two commands each
+
+
+def test_an_unlinked_reference_is_an_orphan_after_30_minutes_named_by_its_own_ref():
+    # A CRM ticket no ERP order was ever linked to: ingest holds its events (no order id).
+    held = [
+        {
+            k: v
+            for k, v in event(Source.CRM, Stage.PLACED, timedelta(0)).items()
+            if k != "erp_order_id"
+        }
+    ]
+    ghosts = GhostState.new("CRM-ORPHAN-1")
+    early = evaluate_unlinked(
+        RULES, JOIN, "CRM-ORPHAN-1", held, ghosts, T0 + timedelta(minutes=29), WALL
+    )
+    assert early.emits == []
+    assert early.next_deadline == T0 + timedelta(minutes=30)
+    due = evaluate_unlinked(
+        RULES, JOIN, "CRM-ORPHAN-1", held, ghosts, T0 + timedelta(minutes=30), WALL
+    )
+    (orphan,) = due.emits
+    assert isinstance(orphan, Anomaly)
+    assert orphan.type is AnomalyType.ORPHAN_ORDER
+    assert orphan.order_id == "CRM-ORPHAN-1"
+    assert orphan.systems == ["erp", "crm"]
+    again = evaluate_unlinked(
+        RULES, JOIN, "CRM-ORPHAN-1", held, ghosts, T0 + timedelta(hours=2), WALL
+    )
+    assert again.emits == []  # raised once
+    (resolved,) = ghosts.book.resolve_all(T0 + timedelta(hours=3), WALL, "linked")
+    assert resolved.state is AnomalyState.RESOLVED
