@@ -246,9 +246,12 @@ class IngestStage(PartitionedStage):
             state = RefState.from_json(raw) if isinstance(raw, dict) else None
             if state is None or state.link is not None or not state.held:
                 continue
-            ghosts = GhostState.from_json(state.ghosts)
+            ref = key.split("|", 1)[1]
+            ghosts = GhostState.from_json(state.ghosts, ref)
             first = min(parse_us(e["occurred_at"]) for e in state.held)
             self.unlinked.schedule_us(key, ghosts.next_us or first)
+            for entry in ghosts.book.open_entries():  # counted again after a restart
+                self.on_anomaly(entry.anomaly(ref, datetime.now(UTC)))
 
     def _dead(
         self, msg: Any, raw: bytes | None, rejection: Rejection, received_at: datetime

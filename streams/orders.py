@@ -125,7 +125,11 @@ class OrderStage(PartitionedStage):
         self.latency = LatencyWindow()
         self.consistency = ConsistencyTracker()
         self.wheel = TimerWheel()
-        self.open_ghosts = OpenGhosts()
+        self.open_ghosts = OpenGhosts()  # rebuilt from the order books
+        # Reported by the other stages (ingest's orphans, duplicates, the breaker); they
+        # re-report what is open after a restart where they can (ingest's orphans).
+        self.other_open = OpenGhosts()
+        self._gauged: set[tuple[str, str]] = set()
         self.routing_rate = AutoRoutingRate()
         self.phones: dict[str, set[str]] = {}
         self.lock = asyncio.Lock()  # the agent and the timers never interleave on one state
@@ -269,8 +273,18 @@ class OrderStage(PartitionedStage):
             self._emit(anomaly)
 
     def record_anomaly(self, anomaly: Anomaly) -> None:
-        """Count an anomaly of this worker (open ones by type and team, the auto-routing rate)."""
-        self.open_ghosts.observe(anomaly)
+        """Count an anomaly another stage of this worker published (open counts, routing)."""
+        self.other_open.observe(anomaly)
+        self._count_routing(anomaly)
+
+    def open_counts(self) -> OpenGhosts:
+        """Open anomalies of this worker: its orders' books and what other stages reported."""
+        total = OpenGhosts()
+        total.merge(self.open_ghosts)
+        total.merge(self.other_open)
+        return total
+
+    def _count_routing(self, anomaly: Anomaly) -> None:
         if anomaly.state is AnomalyState.OPEN:
             self.routing_rate.add(anomaly.anomaly_id, anomaly.opened_at, anomaly.route.team)
 
@@ -322,7 +336,8 @@ class OrderStage(PartitionedStage):
         self._out.append(Outgoing(self.topics.anomalies, key, value))
         self._out.append(index_record(self.topics, emit, value))
         metrics.ANOMALIES.labels(emit.type.value, emit.state.value).inc()
-        self.record_anomaly(emit)
+        self.open_ghosts.observe(emit)
+        self._count_routing(emit)
 
     def _index_phone(self, order_id: str, old: str | None, new: str | None) -> None:
         if old is not None:
@@ -515,7 +530,7 @@ class OrderStage(PartitionedStage):
                 "opened": routing.total,
                 "routed": routing.auto,
             },
-            "ghost_orders": {t.value: n for t, n in self.open_ghosts.ghost_orders().items()},
+            "ghost_orders": {t.value: n for t, n in self.open_counts().ghost_orders().items()},
             "silent_sources": sorted(s.value for s in self.freshness.silent),
         }
 
@@ -556,11 +571,15 @@ class OrderStage(PartitionedStage):
         ratio = self.routing_rate.ratio()
         if ratio is not None:
             metrics.AUTO_ROUTING_RATIO.set(ratio)
-        ghosts = self.open_ghosts.ghost_orders()
-        for type_, n in ghosts.items():
+        open_counts = self.open_counts()
+        for type_, n in open_counts.ghost_orders().items():
             metrics.GHOST_ORDERS.labels(type_.value).set(n)
-        for (type_, team), n in self.open_ghosts.open_anomalies().items():
-            metrics.OPEN_ANOMALIES.labels(type_.value, team.value).set(n)
+        now_open = {(t.value, m.value): n for (t, m), n in open_counts.open_anomalies().items()}
+        for labels in self._gauged - now_open.keys():
+            metrics.OPEN_ANOMALIES.labels(*labels).set(0)  # none open any more
+        for labels, n in now_open.items():
+            metrics.OPEN_ANOMALIES.labels(*labels).set(n)
+        self._gauged = set(now_open)
         metrics.ORDERS_TRACKED.set(len(self.table.data))
 
 
