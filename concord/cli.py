@@ -214,6 +214,52 @@ def status(
     console.print(render(snap))
 
 
+@cli.command()
+def query(
+    name: Annotated[str | None, typer.Argument(help="A saved query; omit to list them")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE, e.g. days=7")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data dir of an embedded ClickHouse (e.g. .concord/demo)")
+    ] = None,
+) -> None:
+    """Run a saved ClickHouse query and print a table (embedded: while no worker holds it)."""
+    from sinks.clickhouse import EnginePathError, connect_settings
+    from sinks.queries import QUERIES, run_query
+
+    if name is None:
+        listing = Table(title="saved queries (concord query NAME [-p key=value])")
+        listing.add_column("name")
+        listing.add_column("parameters")
+        listing.add_column("what it answers")
+        for q in QUERIES.values():
+            defaults = ", ".join(f"{k}={v}" for k, v in q.params.items())
+            listing.add_row(q.name, defaults, q.description)
+        console.print(listing)
+        return
+    params: dict[str, str] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            console.print(f"[red]--param wants NAME=VALUE, got {item!r}[/red]")
+            raise typer.Exit(2)
+        params[key.strip()] = value.strip()
+    settings = _settings(config, data_dir=data_dir)
+    try:
+        columns, rows = run_query(connect_settings(settings), name, **params)
+    except (ValueError, EnginePathError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    table = Table(title=f"{name} ({len(rows)} rows)")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
 def main() -> None:
     """Entry point of the `concord` console script."""
     cli()

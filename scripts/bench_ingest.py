@@ -1,6 +1,6 @@
-"""Ingest benchmark: a Concord worker vs a plain aiokafka loop on the same broker, same run.
+"""Pipeline benchmark: a Concord worker vs a plain aiokafka loop on the same broker, same run.
 
-    python scripts/bench_ingest.py --events 200000 [--profile out.svg]
+    python scripts/bench_ingest.py --events 200000 [--clickhouse off|on|both] [--profile out.svg]
 
 Publishes N realistic events once, then lets each contender consume all of them from the
 start under its own consumer group: the plain loop (consume -> orjson decode -> dict
@@ -89,55 +89,91 @@ async def plain_loop(bootstrap: str, names: TopicNames, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def processed(port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return sum(metric_samples(text, "concord_events_total").values())
-
-
 def profile_format(path: str) -> str:
     return "raw" if path.endswith(".txt") else "flamegraph"
 
 
-def faust_worker(broker_url: str, n: int, data_dir: Path, profile: str | None) -> float:
+def figures(port: int) -> tuple[float, float, float]:
+    """(events ingest took, events the per-order stage applied, mean order-state bytes)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    ingested = sum(metric_samples(text, "concord_events_total").values())
+    joined = sum(metric_samples(text, "concord_order_events_total").values())
+    state = next(
+        (
+            float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("concord_order_state_bytes ")
+        ),
+        0.0,
+    )
+    return ingested, joined, state
+
+
+def faust_worker(
+    broker_url: str, n: int, data_dir: Path, profile: str | None, clickhouse: bool
+) -> dict[str, float]:
+    """Rates of a `concord worker` over the published events: ingest alone, and the whole
+    pipeline (ingest + join + KPIs + ghosts + dedupe + breaker [+ ClickHouse])."""
     port = free_port()
     env = worker_env(
-        broker_url, data_dir, topic_prefix=PREFIX, app_id="bench-concord", web_port=port
+        broker_url,
+        data_dir,
+        topic_prefix=PREFIX,
+        app_id="bench-concord",
+        web_port=port,
+        clickhouse_enabled=str(clickhouse).lower(),
     )
     cmd = [sys.executable, "-m", "concord", "worker"]
     log = (data_dir / "worker.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     spy = None
     try:
-        started = None
-        deadline = time.monotonic() + 600
+        started = ingest_done = None
+        last_joined, last_change = 0.0, time.perf_counter()
+        deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             try:
-                done = processed(port)
+                ingested, joined, state_bytes = figures(port)
             except httpx.HTTPError:
-                done = 0.0
-            if done > 0 and started is None:
-                started = time.perf_counter()
+                ingested = joined = state_bytes = 0.0
+            now = time.perf_counter()
+            if ingested > 0 and started is None:
+                started = now
                 if profile:
                     spy = subprocess.Popen(
                         [
-                            *("py-spy", "record", "-o", profile, "-p", str(proc.pid)),
-                            *(
-                                "-r",
-                                "200",
-                                "-f",
-                                "raw" if profile.endswith(".txt") else "flamegraph",
-                            ),
+                            *(str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile),
+                            *("-p", str(proc.pid)),
+                            *("-r", "200", "-f", profile_format(profile)),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-            if done >= n:
-                assert started is not None
-                return n / (time.perf_counter() - started)
+            if ingested >= n and ingest_done is None:
+                ingest_done = now
+            if joined > last_joined:
+                last_joined, last_change = joined, now
+            if ingest_done is not None and started is not None and now - last_change > 3:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                rewinds = next(
+                    (
+                        float(line.split()[1])
+                        for line in text.splitlines()
+                        if line.startswith("concord_ingest_rewinds_total ")
+                    ),
+                    0.0,
+                )
+                return {
+                    "rewinds": rewinds,
+                    "ingest": n / (ingest_done - started),
+                    "pipeline": last_joined / (last_change - started),
+                    "joined": last_joined,
+                    "state_bytes": state_bytes,
+                }
             if proc.poll() is not None:
                 raise RuntimeError(f"worker died; see {data_dir / 'worker.log'}")
             time.sleep(0.25)
-        raise RuntimeError("worker did not finish in 10 min")
+        raise RuntimeError("worker did not finish in 15 min")
     finally:
         if spy is not None:
             spy.send_signal(2)
@@ -153,6 +189,12 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument(
         "--profile", help="py-spy profile of the worker: .svg (flame graph) or .txt (stacks)"
+    )
+    parser.add_argument(
+        "--clickhouse",
+        choices=["on", "off", "both"],
+        default="off",
+        help="the worker's ClickHouse feed (embedded chdb); both = two worker runs",
     )
     args = parser.parse_args()
 
@@ -172,9 +214,20 @@ def main() -> None:
             print(f"published {args.events} events at {pub:,.0f}/s")
             plain = asyncio.run(plain_loop(bootstrap, names, args.events))
             print(f"plain aiokafka loop : {plain:>9,.0f} events/s")
-            worker = faust_worker(broker.url, args.events, Path(tmp), args.profile)
-            print(f"concord worker      : {worker:>9,.0f} events/s")
-            print(f"ratio worker/plain  : {worker / plain:.2f}")
+            runs = {"on": [True], "off": [False], "both": [False, True]}[args.clickhouse]
+            for i, clickhouse in enumerate(runs):
+                data_dir = Path(tmp) / f"worker-{i}"
+                data_dir.mkdir()
+                got = faust_worker(broker.url, args.events, data_dir, args.profile, clickhouse)
+                label = f"ClickHouse {'on' if clickhouse else 'off'}"
+                print(f"concord ingest      : {got['ingest']:>9,.0f} events/s ({label})")
+                print(
+                    f"concord pipeline    : {got['pipeline']:>9,.0f} events/s through ingest, "
+                    f"join, KPIs, ghosts, dedupe, breaker ({got['joined']:,.0f} joined)"
+                )
+                print(f"ratio pipeline/plain: {got['pipeline'] / plain:.2f}")
+                print(f"order state         : {got['state_bytes']:,.0f} bytes per order (mean)")
+                print(f"consumer rewinds    : {got['rewinds']:.0f}")
         finally:
             broker.stop()
 

@@ -58,6 +58,14 @@ INGEST_REWINDS = Counter(
 INGEST_BATCH_SECONDS = Gauge(
     "concord_ingest_batch_seconds", "Wall time spent on the latest ingest batch"
 )
+ORDER_EVENTS = Counter(
+    "concord_order_events",
+    "Events the per-order stage applied, by outcome (applied, stale, marker, duplicate)",
+    ["outcome"],
+)
+ORDER_STATE_BYTES = Gauge(
+    "concord_order_state_bytes", "Mean size of the order states written in the latest batch"
+)
 ORDER_BATCH_SECONDS = Gauge(
     "concord_order_batch_seconds", "Wall time spent on the latest per-order batch"
 )

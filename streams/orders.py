@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -137,6 +138,7 @@ class OrderStage(PartitionedStage):
         self._partitions: list[int] = []
         self._touched: dict[bytes, OrderEntry] = {}
         self._intake: dict[int, IntakeCounts] = {}
+        self._outcomes: Counter[Outcome] = Counter()
         self._last_offset: dict[int, int] = {}
         self._out: list[Outgoing] = []
 
@@ -170,6 +172,9 @@ class OrderStage(PartitionedStage):
                         self.warehouse.topic_records("normalized", (event.value,))
             self._ship_intake()
             await self._flush()
+            for outcome, n in self._outcomes.items():
+                metrics.ORDER_EVENTS.labels(outcome.value).inc(n)
+            self._outcomes.clear()
             metrics.ORDER_BATCH_SECONDS.set(time.perf_counter() - started)
 
     def _mark(self, partition: int, body: dict[str, Any], wall: datetime, wall_us: int) -> None:
@@ -202,6 +207,7 @@ class OrderStage(PartitionedStage):
         had_facts = entry.state.facts
         had_phone = had_facts.phone_hash if had_facts else None
         change = self.join.apply(entry.state, body)
+        self._outcomes[change.outcome] += 1
         if change.outcome is Outcome.DUPLICATE:
             return
         kind = intake_kind(
@@ -357,7 +363,11 @@ class OrderStage(PartitionedStage):
         touched, self._touched = self._touched, {}
         if out:
             await self.producer.send(out)
-        await self._persist({key: (e.partition, e.to_json()) for key, e in touched.items()})
+        states = {key: (e.partition, e.to_json()) for key, e in touched.items()}
+        written = await self._persist(states)
+        kept = sum(v is not None for _, v in states.values())
+        if kept:
+            metrics.ORDER_STATE_BYTES.set(written / kept)
         if self.warehouse is not None:
             self.warehouse.order_states(
                 (e.state, bool(e.state.consistent)) for e in touched.values() if not e.evict
