@@ -161,15 +161,16 @@ class OrderStage(PartitionedStage):
                 if not await self._in_sequence(msg, now):
                     continue
                 body = orjson.loads(event.value)
-                if "watermark_us" in body:
+                if "events" in body:
+                    for inner in body["events"]:
+                        self._apply(msg.partition, inner, wall, wall_us)
+                    self._last_offset[msg.partition] = msg.offset
+                    if self.warehouse is not None:
+                        self.warehouse.events(body["events"])
+                elif "watermark_us" in body:
                     self._mark(msg.partition, body, wall, wall_us)
                 elif "decision" in body:
                     self._decide(msg, body, wall)
-                else:
-                    self._apply(msg.partition, body, wall, wall_us)
-                    self._last_offset[msg.partition] = msg.offset
-                    if self.warehouse is not None:
-                        self.warehouse.topic_records("normalized", (event.value,))
             self._ship_intake()
             await self._flush()
             for outcome, n in self._outcomes.items():

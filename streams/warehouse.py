@@ -247,6 +247,10 @@ class Warehouse:
         table, mapper = _TOPIC_ROWS[topic_kind]
         self._add(table, values, mapper)
 
+    def events(self, bodies: Iterable[Mapping[str, Any]]) -> None:
+        """Normalised events as the per-order stage reads them (dicts) → `events` rows."""
+        self._add("events", bodies, rows.event_row)
+
     def outgoing(self, records: Iterable[Any]) -> None:
         """Produced records (streams.produce.Outgoing): anomalies and dead letters are kept."""
         anomalies: list[bytes] = []

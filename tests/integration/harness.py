@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from concord.broker import free_port, worker_env
@@ -82,6 +83,9 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+PARTITIONS = 4  # per topic, in every integration test
+
+
 def new_worker(broker_url: str, tmp: Path, prefix: str, **extra: str) -> WorkerProcess:
     """A worker process (not started yet) with its own topics, group and data dir."""
     env = worker_env(
@@ -89,7 +93,7 @@ def new_worker(broker_url: str, tmp: Path, prefix: str, **extra: str) -> WorkerP
         tmp / "data",
         topic_prefix=prefix,
         app_id=prefix,
-        topic_partitions=4,
+        topic_partitions=PARTITIONS,
         ingest_batch_within=0.2,
     )
     env.update(extra)
@@ -115,9 +119,14 @@ async def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, byt
     return n
 
 
-def keyed(records: list[Any]) -> list[Any]:
-    """Records with a key: on concord.normalized the events, not the watermark marks."""
-    return [r for r in records if r.key is not None]
+def normalized_events(records: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """(record, event) for every event in concord.normalized records (envelopes unpacked;
+    event-time marks and forwarded decisions left out)."""
+    out = []
+    for record in records:
+        body = orjson.loads(record.value)
+        out += [(record, event) for event in body.get("events", ())]
+    return out
 
 
 async def read_all(

@@ -8,12 +8,11 @@ import time
 from datetime import datetime, timedelta
 
 import httpx
-import orjson
 import pytest
 
 from concord.scenario import ScenarioConfig, encode, generate
 from schemas.privacy import normalize_phone
-from tests.integration.harness import keyed, produce, read_all
+from tests.integration.harness import normalized_events, produce, read_all
 from tests.kpi_oracle import Oracle, median, p95
 
 pytestmark = pytest.mark.integration
@@ -24,9 +23,9 @@ def _settled_topic(bootstrap: str, topic: str, within: float = 120.0) -> list[di
     deadline = time.monotonic() + within
     last = -1
     while time.monotonic() < deadline:
-        records = keyed(asyncio.run(read_all(bootstrap, [topic])))
+        records = [e for _, e in normalized_events(asyncio.run(read_all(bootstrap, [topic])))]
         if records and len(records) == last:
-            return [orjson.loads(r.value) for r in records]
+            return records
         last = len(records)
         time.sleep(2)
     raise AssertionError(f"{topic} never settled ({last} records)")

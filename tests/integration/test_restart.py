@@ -13,7 +13,7 @@ import pytest
 
 from sinks.metrics import metric_samples
 from tests.feeds import build_feed
-from tests.integration.harness import keyed, produce, read_all
+from tests.integration.harness import normalized_events, produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,7 +27,11 @@ def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
     publisher.start()
     # Kill once part of the stream is through, while the rest is still arriving.
     asyncio.run(
-        read_all(bootstrap, [f"{prefix}.normalized"], until=lambda rs: len(keyed(rs)) >= 3000)
+        read_all(
+            bootstrap,
+            [f"{prefix}.normalized"],
+            until=lambda rs: len(normalized_events(rs)) >= 3000,
+        )
     )
     killed_at = datetime.now(UTC)
     first.kill()
@@ -40,7 +44,7 @@ def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
     def complete(records) -> bool:
         ids = {
             (b["source"], b["event_id"])
-            for b in (orjson.loads(r.value) for r in keyed(records) if r.topic == topics[0])
+            for _, b in normalized_events([r for r in records if r.topic == topics[0]])
         }
         return ids >= set(feed.expected)
 
@@ -50,13 +54,11 @@ def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
 
     seen: dict[tuple[str, str], list[dict]] = {}
     dead_offsets: dict[tuple[str, int, int], str] = {}
+    for _, body in normalized_events([r for r in records if r.topic == topics[0]]):
+        seen.setdefault((body["source"], body["event_id"]), []).append(body)
     for rec in records:
-        if rec.topic == topics[0] and rec.key is None:
-            continue  # a watermark mark
-        body = orjson.loads(rec.value)
-        if rec.topic == topics[0]:
-            seen.setdefault((body["source"], body["event_id"]), []).append(body)
-        else:
+        if rec.topic != topics[0]:
+            body = orjson.loads(rec.value)
             dead_offsets[(body["topic"], body["partition"], body["offset"])] = body["reason"]
 
     # Nothing lost: every valid event reached its order, with the right owner.
@@ -90,7 +92,11 @@ def test_restarted_worker_remembers_every_reference(broker, spawn, prefix):
     first = spawn()
     asyncio.run(produce(bootstrap, feed.records))
     asyncio.run(
-        read_all(bootstrap, [normalized], until=lambda rs: len(keyed(rs)) >= len(feed.expected))
+        read_all(
+            bootstrap,
+            [normalized],
+            until=lambda rs: len(normalized_events(rs)) >= len(feed.expected),
+        )
     )
     assert first.stop() == 0
 
@@ -104,16 +110,21 @@ def test_restarted_worker_remembers_every_reference(broker, spawn, prefix):
             until=lambda rs: len(rs) >= 2 * dead_before,
         )
     )
-    time.sleep(2.0)
-    records = keyed(asyncio.run(read_all(bootstrap, [normalized])))
-    assert len(records) == len(feed.expected), "a re-send after restart passed as new"
-    metrics = httpx.get(second.url("/metrics")).text
-    # Every valid record came round again (a few of the first pass may be read twice when
-    # the stopping worker's last commit did not land).
+    # Every valid record comes round again (a few of the first pass may be read twice when
+    # the stopping worker's last commit did not land) and is recognised as a re-send.
     resent = len(feed.records) - dead_before
-    total = sum(
-        n
-        for labels, n in metric_samples(metrics, "concord_events_total").items()
-        if ("outcome", "duplicate") in labels
-    )
-    assert total >= resent
+
+    def recognised() -> float:
+        metrics = httpx.get(second.url("/metrics")).text
+        return sum(
+            n
+            for labels, n in metric_samples(metrics, "concord_events_total").items()
+            if ("outcome", "duplicate") in labels
+        )
+
+    deadline = time.monotonic() + 60
+    while recognised() < resent and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert recognised() >= resent
+    records = normalized_events(asyncio.run(read_all(bootstrap, [normalized])))
+    assert len(records) == len(feed.expected), "a re-send after restart passed as new"
