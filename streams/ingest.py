@@ -77,6 +77,8 @@ class IngestStage(PartitionedStage):
         self.source_time = source_time
         self.origin = uuid.uuid4().hex[:12]  # this worker, as a source of watermarks
         self._sent_watermark: int | None = None
+        self._ends: dict[Any, int] = {}
+        self._ends_at = 0.0
         # Unlinked references (events held for a link): orphan_order once they waited long.
         self.ghost_rules = ghost_rules
         self.join = OrderJoin()
@@ -183,15 +185,26 @@ class IngestStage(PartitionedStage):
     async def _note_backlogs(self) -> None:
         # A source partition whose log end is past the next offset to process has events
         # waiting: it holds event time back, however long the consumer leaves it unread.
-        # The log end is the high watermark of the consumer's latest fetch of it (no request;
-        # ListOffsets would do on Kafka, but tansu answers it short by a batch).
+        # The log end is the larger of two readings, each wrong alone in one case: the high
+        # watermark of the consumer's latest fetch (stale while Faust pauses a partition
+        # whose buffer is full) and ListOffsets, asked at most once a second (tansu answers
+        # it short by a batch). Records already handed to the stream and not yet processed
+        # are a backlog too, whatever the log end says.
         if self.app.rebalancing:
             return
         consumer = self.app.consumer
-        for tp in self.assigned():
-            end = consumer.highwater(tp)
+        assigned = sorted(self.assigned())
+        now = time.monotonic()
+        if now - self._ends_at >= 1.0 and assigned:
+            self._ends = dict(await consumer.highwaters(*assigned))
+            self._ends_at = now
+        for tp in assigned:
+            ends = [e for e in (consumer.highwater(tp), self._ends.get(tp)) if e is not None]
             expected = self.continuity.expected(tp)
-            pending = end is not None and (expected is None or end > expected)
+            delivered = consumer._read_offset.get(tp)  # handed to the stream, maybe unread
+            pending = (bool(ends) and (expected is None or max(ends) > expected)) or (
+                delivered is not None and expected is not None and delivered >= expected
+            )
             self.source_time.backlog(tp, pending)
 
     async def tick(self) -> None:
