@@ -215,6 +215,51 @@ def status(
 
 
 @cli.command()
+def alerts(
+    config: ConfigOpt = None,
+    broker_url: BrokerOpt = None,
+    alertmanager: Annotated[
+        str | None, typer.Option(help="Alertmanager base URL, e.g. http://127.0.0.1:9093")
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option(help="Chat-robot webhook URL (JSON POST per anomaly)")
+    ] = None,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="Begin at the oldest anomaly, not new ones")
+    ] = False,
+) -> None:
+    """Print anomalies as they happen; forward them to Alertmanager and/or a webhook."""
+    from concord.alerts import forward
+
+    settings = _settings(config, broker_url=broker_url)
+
+    def show(anomaly: dict[str, Any]) -> None:
+        colour = {"critical": "red", "warning": "yellow"}.get(anomaly["severity"], "white")
+        state = "resolved" if anomaly["state"] == "resolved" else anomaly["severity"]
+        console.print(
+            f"[{colour}]{state:<8}[/{colour}] {anomaly['type']:<18} "
+            f"→ {anomaly['route']['team']:<16} {anomaly.get('summary', '')}"
+        )
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await forward(
+            settings,
+            alertmanager=alertmanager,
+            webhook=webhook,
+            from_start=from_start,
+            on_anomaly=show,
+            stop=stop,
+        )
+
+    handled = asyncio.run(run())
+    console.print(f"{handled} anomalies handled")
+
+
+@cli.command()
 def query(
     name: Annotated[str | None, typer.Argument(help="A saved query; omit to list them")] = None,
     param: Annotated[
