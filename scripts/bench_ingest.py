@@ -110,7 +110,7 @@ def figures(port: int) -> tuple[float, float, float]:
 
 
 def faust_worker(
-    broker_url: str, n: int, data_dir: Path, profile: str | None, clickhouse: bool
+    broker_url: str, prefix: str, n: int, data_dir: Path, profile: str | None, clickhouse: bool
 ) -> dict[str, float]:
     """Rates of a `concord worker` over the published events: ingest alone, and the whole
     pipeline (ingest + join + KPIs + ghosts + dedupe + breaker [+ ClickHouse])."""
@@ -118,8 +118,8 @@ def faust_worker(
     env = worker_env(
         broker_url,
         data_dir,
-        topic_prefix=PREFIX,
-        app_id="bench-concord",
+        topic_prefix=prefix,
+        app_id=f"{prefix}-concord",
         web_port=port,
         clickhouse_enabled=str(clickhouse).lower(),
     )
@@ -218,7 +218,15 @@ def main() -> None:
             for i, clickhouse in enumerate(runs):
                 data_dir = Path(tmp) / f"worker-{i}"
                 data_dir.mkdir()
-                got = faust_worker(broker.url, args.events, data_dir, args.profile, clickhouse)
+                prefix = PREFIX
+                if i:  # each worker run reads the same events from topics of its own
+                    prefix = f"{PREFIX}{i}"
+                    run = Settings(**{**settings.model_dump(), "topic_prefix": prefix})
+                    asyncio.run(ensure_topics(run))
+                    asyncio.run(publish(bootstrap, TopicNames.from_settings(run), args.events))
+                got = faust_worker(
+                    broker.url, prefix, args.events, data_dir, args.profile, clickhouse
+                )
                 label = f"ClickHouse {'on' if clickhouse else 'off'}"
                 print(f"concord ingest      : {got['ingest']:>9,.0f} events/s ({label})")
                 print(
