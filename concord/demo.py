@@ -111,7 +111,7 @@ def run_demo(
         (data_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         order_id = next(iter(sorted(scenario.labels.ghosts.get("status_conflict") or {"?"})))
         console.print(
-            f"\norder 360: {base_url}/orders/{order_id}   by phone: {base_url}/orders?phone=…\n"
+            f"\nsupport desk: {base_url}/desk   order 360: {base_url}/orders/{order_id}\n"
             f"KPIs: {base_url}/kpis   metrics: {base_url}/metrics\n"
             f"topics on {broker.url}: concord.anomalies, concord.commands, concord.deadletter\n"
             + ("Ctrl-C stops everything." if duration is None else f"stopping in {duration:.0f} s")

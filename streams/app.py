@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -208,6 +209,13 @@ def create_app(settings: Settings) -> faust.App:
             if not phone:
                 return self.json({"error": "give ?phone=… to find a customer's orders"}, status=400)
             return self.json({"orders": orders.orders_by_phone(phone_hash(phone))})
+
+    desk = (Path(__file__).parent / "desk.html").read_bytes()
+
+    @app.page("/desk")
+    class DeskView(View):
+        async def get(self, request: Request) -> Response:
+            return web.Response(body=desk, headers={"Content-Type": "text/html; charset=utf-8"})
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -112,6 +112,14 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     assert phone not in found.text
     assert httpx.get(worker.url("/orders"), timeout=10).status_code == 400
 
+    # The support desk page: served by the worker, searching the two lookups above.
+    desk = httpx.get(worker.url("/desk"), timeout=10)
+    assert desk.status_code == 200
+    assert desk.headers["content-type"].startswith("text/html")
+    assert 'id="search"' in desk.text
+    assert "/orders?phone=" in desk.text
+    assert "/kpis" in desk.text
+
     metrics = httpx.get(worker.url("/metrics"), timeout=10).text
     assert "concord_consistency_ratio " in metrics
     assert 'concord_status_refresh_latency_seconds_bucket{le="5.0",target="crm"}' in metrics
