@@ -97,6 +97,24 @@ def span_us(span: timedelta) -> int:
     return span // _ONE_US
 
 
+def _spans(
+    allowed_lateness: timedelta, idle_after: timedelta, max_ahead: timedelta | None
+) -> tuple[int, int, int | None]:
+    # The settings every clock here shares, checked once, in µs.
+    if allowed_lateness < timedelta(0) or idle_after <= timedelta(0):
+        raise ValueError("allowed_lateness must be >= 0 and idle_after > 0")
+    return (
+        span_us(allowed_lateness),
+        span_us(idle_after),
+        None if max_ahead is None else span_us(max_ahead),
+    )
+
+
+def _capped(event_us: int, wall_us: int, ahead_us: int | None) -> int:
+    # A source clock far ahead must not fire every timer: cap at wall + max_ahead.
+    return event_us if ahead_us is None else min(event_us, wall_us + ahead_us)
+
+
 class Watermark:
     """Max event time seen minus allowed lateness, with an idle wall-clock fallback."""
 
@@ -117,11 +135,9 @@ class Watermark:
         idle_after: timedelta = DEFAULT_IDLE_AFTER,
         max_ahead: timedelta | None = DEFAULT_MAX_AHEAD,
     ) -> None:
-        if allowed_lateness < timedelta(0) or idle_after <= timedelta(0):
-            raise ValueError("allowed_lateness must be >= 0 and idle_after > 0")
-        self._lateness_us = span_us(allowed_lateness)
-        self._idle_us = span_us(idle_after)
-        self._ahead_us = None if max_ahead is None else span_us(max_ahead)
+        self._lateness_us, self._idle_us, self._ahead_us = _spans(
+            allowed_lateness, idle_after, max_ahead
+        )
         self._max_event_us: int | None = None
         self._wm_us: int | None = None
         self._wm_at_last_us: int | None = None
@@ -150,8 +166,9 @@ class Watermark:
 
     def observe_us(self, event_us: int, wall_us: int) -> int:
         """`observe` in microseconds, for the hot path; returns the watermark."""
-        if self._ahead_us is not None and event_us > wall_us + self._ahead_us:
-            event_us = wall_us + self._ahead_us
+        capped = _capped(event_us, wall_us, self._ahead_us)
+        if capped != event_us:
+            event_us = capped
             self.clamped += 1
         if self._max_event_us is None or event_us > self._max_event_us:
             self._max_event_us = event_us
@@ -226,11 +243,9 @@ class SourceTime(Generic[P]):
         idle_after: timedelta = DEFAULT_IDLE_AFTER,
         max_ahead: timedelta | None = DEFAULT_MAX_AHEAD,
     ) -> None:
-        if allowed_lateness < timedelta(0) or idle_after <= timedelta(0):
-            raise ValueError("allowed_lateness must be >= 0 and idle_after > 0")
-        self._lateness_us = span_us(allowed_lateness)
-        self._idle_us = span_us(idle_after)
-        self._ahead_us = None if max_ahead is None else span_us(max_ahead)
+        self._lateness_us, self._idle_us, self._ahead_us = _spans(
+            allowed_lateness, idle_after, max_ahead
+        )
         self._parts: dict[P, list[int]] = {}  # partition -> [max event µs, last wall µs]
         self._backlog: set[P] = set()
         self._wm_us: int | None = None
@@ -244,8 +259,7 @@ class SourceTime(Generic[P]):
 
     def observe_us(self, partition: P, event_us: int, wall_us: int) -> None:
         """Account for one event of `partition`."""
-        if self._ahead_us is not None and event_us > wall_us + self._ahead_us:
-            event_us = wall_us + self._ahead_us
+        event_us = _capped(event_us, wall_us, self._ahead_us)
         part = self._parts.get(partition)
         if part is None:
             self._parts[partition] = [event_us, wall_us]
