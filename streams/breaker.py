@@ -23,11 +23,12 @@ from faust.types import EventT, TableT
 from schemas.anomalies import Anomaly, Command, Decision
 from sinks import metrics
 from streams.decisions import decision_dead_letter
+from streams.outputs import anomaly_records, command_record
 from streams.produce import Outgoing
 from streams.rules.breaker import Breaker, BreakerSettings, IntakeCounts, IntakeKind
 from streams.rules.ingest import Reason
 from streams.rules.watermark import from_us
-from streams.stage import PartitionedStage
+from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
 
 STATE_KEY = b"intake"
@@ -70,7 +71,7 @@ class BreakerStage(PartitionedStage):
             table,
             [topics.breaker],
             end_marker_key=end_marker_key,
-            encode_key=lambda k: k if isinstance(k, bytes) else str(k).encode(),
+            encode_key=raw_key,
         )
         self.topics = topics
         self.settings = settings
@@ -115,21 +116,18 @@ class BreakerStage(PartitionedStage):
         if marks:
             emits += breaker.tick(counts, from_us(min(marks.values())), wall)
         for emit in emits:
-            out.append(self._publish(emit))
+            out += self._publish(emit)
         if out:
             await self.producer.send(out)
         self._report(breaker)
         state = {"breaker": breaker.to_json(), "counts": counts.to_json(), "marks": marks}
         await self._persist({STATE_KEY: (partition, state)})
 
-    def _publish(self, emit: Anomaly | Command) -> Outgoing:
-        scope = STATE_KEY
+    def _publish(self, emit: Anomaly | Command) -> list[Outgoing]:
         if isinstance(emit, Command):
-            metrics.COMMANDS.labels(emit.kind.value).inc()
-            return Outgoing(self.topics.commands, scope, emit.model_dump_json().encode())
-        metrics.ANOMALIES.labels(emit.type.value, emit.state.value).inc()
+            return [command_record(self.topics, emit, STATE_KEY)]
         self.on_anomaly(emit)
-        return Outgoing(self.topics.anomalies, scope, emit.model_dump_json().encode())
+        return anomaly_records(self.topics, emit, indexed=False)  # no order: keyed "intake"
 
     def _report(self, breaker: Breaker) -> None:
         metrics.BREAKER_STAGE.set(breaker.stage)

@@ -30,10 +30,11 @@ from pydantic import ValidationError
 from schemas.anomalies import Anomaly, AnomalyType, Decision, DecisionKind
 from sinks import metrics
 from streams.ingest import dead_letter
+from streams.outputs import anomaly_records, command_record
 from streams.produce import BatchProducer, Outgoing
 from streams.rules.dedupe import apply_duplicate_decision
 from streams.rules.ingest import Reason, Rejection
-from streams.stage import PartitionedStage
+from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
 
 BREAKER_DECISIONS = frozenset({DecisionKind.BREAKER_ACK, DecisionKind.BREAKER_RELEASE})
@@ -98,7 +99,7 @@ class DecisionStage(PartitionedStage):
             table,
             [topics.anomaly_index],
             end_marker_key=end_marker_key,
-            encode_key=lambda k: k if isinstance(k, bytes) else str(k).encode(),
+            encode_key=raw_key,
         )
         self.topics = topics
         self.on_anomaly = on_anomaly
@@ -133,16 +134,11 @@ class DecisionStage(PartitionedStage):
                 except ValueError as exc:
                     out.append(self._dead(msg, body, Reason.INVALID_DECISION, str(exc), wall))
                     continue
-                value = resolved.model_dump_json().encode()
+                out += anomaly_records(self.topics, resolved, indexed=False)
                 order = (resolved.order_id or "").encode()
-                out.append(Outgoing(self.topics.anomalies, order, value))
-                metrics.ANOMALIES.labels(resolved.type.value, resolved.state.value).inc()
-                for command in commands:
-                    out.append(
-                        Outgoing(self.topics.commands, order, command.model_dump_json().encode())
-                    )
-                    metrics.COMMANDS.labels(command.kind.value).inc()
-                touched[key] = (msg.partition, _owner_of(orjson.loads(value)))
+                out += [command_record(self.topics, c, order) for c in commands]
+                owner = _owner_of(resolved.model_dump(mode="json"))
+                touched[key] = (msg.partition, owner)
                 self.on_anomaly(resolved)
             elif owner.get("o") is not None:
                 forward = {"decision": body["decision"], "order_id": owner["o"]}

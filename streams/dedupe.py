@@ -20,11 +20,12 @@ from schemas.events import OrderDetails
 from schemas.routing import RoutingTable
 from schemas.settings import Settings
 from sinks import metrics
+from streams.outputs import anomaly_records
 from streams.produce import Outgoing
 from streams.rules.dedupe import DedupeRules, FingerprintWindow, duplicate_anomaly
 from streams.rules.routing import RoutingFacts, route
 from streams.rules.watermark import UpstreamMarks, Watermark, as_us, from_us, parse_us, span_us
-from streams.stage import PartitionedStage
+from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
 
 REPLAY_SLACK = timedelta(hours=1)
@@ -66,7 +67,7 @@ class DedupeStage(PartitionedStage):
             table,
             [topics.placements],
             end_marker_key=end_marker_key,
-            encode_key=lambda k: k if isinstance(k, bytes) else str(k).encode(),
+            encode_key=raw_key,
         )
         self.topics = topics
         self.rules = rules
@@ -127,11 +128,8 @@ class DedupeStage(PartitionedStage):
                     self.routing,
                 )
                 anomaly = duplicate_anomaly(pair, wall, owner)
-                value = anomaly.model_dump_json().encode()
-                out.append(Outgoing(self.topics.anomalies, anomaly.order_id.encode(), value))  # type: ignore[union-attr]
-                out.append(index_record(self.topics, anomaly, value))
+                out += anomaly_records(self.topics, anomaly, indexed=True)
                 metrics.DUPLICATES.labels(pair.second.channel).inc()
-                metrics.ANOMALIES.labels(anomaly.type.value, anomaly.state.value).inc()
                 self.on_anomaly(anomaly)
         if out:
             await self.producer.send(out)
@@ -154,10 +152,3 @@ class DedupeStage(PartitionedStage):
                 gone[key] = (self.producer.partition_for_key(key, partitions), None)
         await self._persist(gone)
         return len(gone)
-
-
-def index_record(topics: TopicNames, anomaly: Anomaly, value: bytes) -> Outgoing:
-    """The anomaly-index record that lets a later decision find the anomaly's owner."""
-    return Outgoing(
-        topics.anomaly_index, anomaly.anomaly_id.encode(), b'{"anomaly":' + value + b"}"
-    )

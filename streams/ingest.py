@@ -21,6 +21,7 @@ from faust.types import EventT, TableT
 from schemas.anomalies import Anomaly
 from schemas.stages import Source
 from sinks import metrics
+from streams.outputs import anomaly_records
 from streams.produce import Outgoing
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel, evaluate_unlinked
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
@@ -179,8 +180,7 @@ class IngestStage(PartitionedStage):
         await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
         self._sent_watermark = watermark
         body = orjson.dumps({"watermark_us": watermark, "origin": self.origin})
-        for partition in await self.producer.partitions(self.topics.normalized):
-            out.append(Outgoing(self.topics.normalized, None, body, None, partition))
+        out += await self._to_every_partition(self.topics.normalized, body)
 
     async def _note_backlogs(self) -> None:
         # A source partition whose log end is past the next offset to process has events
@@ -201,9 +201,8 @@ class IngestStage(PartitionedStage):
         for tp in assigned:
             ends = [e for e in (consumer.highwater(tp), self._ends.get(tp)) if e is not None]
             expected = self.continuity.expected(tp)
-            delivered = consumer._read_offset.get(tp)  # handed to the stream, maybe unread
             pending = (bool(ends) and (expected is None or max(ends) > expected)) or (
-                delivered is not None and expected is not None and delivered >= expected
+                self._buffered(tp)
             )
             self.source_time.backlog(tp, pending)
 
@@ -243,14 +242,10 @@ class IngestStage(PartitionedStage):
                 state.ghosts = None if ghosts.is_empty else ghosts.to_json()
                 if held is None:
                     topic = self.topics.sources[Source(source_name)]
-                    partitions = await self.producer.partitions(topic)
-                    touched[key] = (
-                        self.producer.partition_for_key(ref.encode(), partitions),
-                        state,
-                    )
+                    touched[key] = (await self.producer.key_partition(topic, ref.encode()), state)
                 for emit in outcome.emits:
                     if isinstance(emit, Anomaly):
-                        out.append(self._anomaly(emit))
+                        out += self._anomalies(emit)
 
     def _linked(
         self,
@@ -263,15 +258,13 @@ class IngestStage(PartitionedStage):
         # The reference got its ERP order: its orphan_order, if one opened, resolves.
         ghosts = GhostState.from_json(state.ghosts, key.split("|", 1)[1])
         for anomaly in ghosts.book.resolve_all(at, wall, "linked"):
-            out.append(self._anomaly(anomaly))
+            out += self._anomalies(anomaly)
         state.ghosts = None
         self.unlinked.cancel(key)
 
-    def _anomaly(self, anomaly: Anomaly) -> Outgoing:
-        metrics.ANOMALIES.labels(anomaly.type.value, anomaly.state.value).inc()
+    def _anomalies(self, anomaly: Anomaly) -> list[Outgoing]:
         self.on_anomaly(anomaly)
-        key = (anomaly.order_id or "").encode()
-        return Outgoing(self.topics.anomalies, key, anomaly.model_dump_json().encode())
+        return anomaly_records(self.topics, anomaly, indexed=False)
 
     def _ensure_timers(self) -> None:
         # After an assignment: a timer for every reference of this worker still unlinked.

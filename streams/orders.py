@@ -32,7 +32,8 @@ from schemas.stages import PHASE_OF, Source
 from sinks import metrics
 from streams.breaker import delta_record, intake_kind
 from streams.decisions import decision_dead_letter
-from streams.dedupe import index_record, placement
+from streams.dedupe import placement
+from streams.outputs import anomaly_records, command_record
 from streams.produce import Outgoing
 from streams.rules.breaker import IntakeCounts
 from streams.rules.consistency import ConsistencyTracker
@@ -50,18 +51,13 @@ from streams.rules.order_state import (
 from streams.rules.refresh_latency import TARGETS, LatencyWindow, Observation
 from streams.rules.routing import AutoRoutingRate
 from streams.rules.watermark import UpstreamMarks, Watermark, as_us, from_us, parse_us
-from streams.stage import PartitionedStage
+from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
 from streams.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
 _SOURCES = {s.value: s for s in Source}
-
-
-def order_key(key: Any) -> bytes:
-    """Table and changelog key of an order: its id's UTF-8 bytes, as on concord.normalized."""
-    return key if isinstance(key, bytes) else str(key).encode()
 
 
 @dataclass(slots=True)
@@ -110,7 +106,7 @@ class OrderStage(PartitionedStage):
         end_marker_key: str | None,
     ):
         super().__init__(
-            app, table, [topics.normalized], end_marker_key=end_marker_key, encode_key=order_key
+            app, table, [topics.normalized], end_marker_key=end_marker_key, encode_key=raw_key
         )
         self.fingerprint = fingerprint
         self.warehouse = warehouse
@@ -203,7 +199,7 @@ class OrderStage(PartitionedStage):
             if caught.anomaly is not None:
                 self._emit(caught.anomaly)
 
-        key = order_key(body["order_id"])
+        key = raw_key(body["order_id"])
         entry = self._entry(key, partition)
         had_facts = entry.state.facts
         had_phone = had_facts.phone_hash if had_facts else None
@@ -254,7 +250,7 @@ class OrderStage(PartitionedStage):
     def _decide(self, msg: Any, body: dict[str, Any], wall: datetime) -> None:
         # An anomaly.ack / anomaly.resolve the decisions stage routed to the anomaly's order.
         decision = Decision.model_validate(body["decision"])
-        key = order_key(body["order_id"])
+        key = raw_key(body["order_id"])
         if key not in self._touched and key not in self.table.data:
             error = f"order {body['order_id']!r} is no longer held (evicted)"
             self._out.append(
@@ -327,7 +323,7 @@ class OrderStage(PartitionedStage):
         # watermark is applied (see TimerWheel); repeat until nothing more is due.
         while due := self.wheel.due(watermark):
             for order_id, at in due:
-                key = order_key(order_id)
+                key = raw_key(order_id)
                 if key not in self._touched and key not in self.table.data:
                     continue
                 self._evaluate(self._entry(key), at, wall)
@@ -335,14 +331,9 @@ class OrderStage(PartitionedStage):
     def _emit(self, emit: Anomaly | Command) -> None:
         if isinstance(emit, Command):
             key = str(emit.payload.get("order_id") or "intake").encode()
-            self._out.append(Outgoing(self.topics.commands, key, emit.model_dump_json().encode()))
-            metrics.COMMANDS.labels(emit.kind.value).inc()
+            self._out.append(command_record(self.topics, emit, key))
             return
-        key = (emit.order_id or "intake").encode()
-        value = emit.model_dump_json().encode()
-        self._out.append(Outgoing(self.topics.anomalies, key, value))
-        self._out.append(index_record(self.topics, emit, value))
-        metrics.ANOMALIES.labels(emit.type.value, emit.state.value).inc()
+        self._out += anomaly_records(self.topics, emit, indexed=True)
         self.open_ghosts.observe(emit)
         self._count_routing(emit)
 
@@ -384,8 +375,7 @@ class OrderStage(PartitionedStage):
             return
         self._placements_marked = watermark
         body = orjson.dumps({"wm": watermark})
-        for partition in await self.producer.partitions(self.topics.placements):
-            self._out.append(Outgoing(self.topics.placements, None, body, None, partition))
+        self._out += await self._to_every_partition(self.topics.placements, body)
 
     def _snapshot_kpis(self) -> None:
         # One KPI row set per minute of event time, at the watermark.
@@ -547,7 +537,7 @@ class OrderStage(PartitionedStage):
 
     def order_view(self, order_id: str) -> dict[str, Any] | None:
         """The cross-system view of one order this worker owns, None when unknown."""
-        raw = self.table.data.get(order_key(order_id))
+        raw = self.table.data.get(raw_key(order_id))
         if raw is None:
             return None
         entry = OrderEntry.from_json(0, order_id, raw)

@@ -43,7 +43,7 @@ class BatchProducer:
         # Faust's aiokafka driver owns the producer; this is the one public way in.
         return self.app.producer._ensure_producer()  # type: ignore[no-any-return]
 
-    async def _partition_of(self, producer: AIOKafkaProducer, record: Outgoing) -> int:
+    async def _partition_of(self, record: Outgoing) -> int:
         if record.partition is not None:
             return record.partition
         partitions = await self.partitions(record.topic)
@@ -52,8 +52,8 @@ class BatchProducer:
         cache_key = (record.topic, record.key)
         partition = self._by_key.get(cache_key)
         if partition is None:
-            # aiokafka's murmur2 is pure Python; an order's events share one key.
-            partition = int(producer._partitioner(record.key, partitions, partitions))
+            # murmur2 is pure Python; an order's events share one key.
+            partition = self.partition_for_key(record.key, partitions)
             if len(self._by_key) >= 100_000:
                 self._by_key.clear()
             self._by_key[cache_key] = partition
@@ -72,12 +72,16 @@ class BatchProducer:
         """Kafka's default partition of a key (murmur2), as every client computes it."""
         return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
+    async def key_partition(self, topic: str, key: bytes) -> int:
+        """The partition of `topic` that `key` goes to."""
+        return self.partition_for_key(key, await self.partitions(topic))
+
     async def send(self, records: Iterable[Outgoing]) -> int:
         """Produce `records`, preserving their order per partition; return the batch count."""
         producer = self._aiokafka()
         groups: dict[tuple[str, int], list[Outgoing]] = {}
         for record in records:
-            partition = await self._partition_of(producer, record)
+            partition = await self._partition_of(record)
             groups.setdefault((record.topic, partition), []).append(record)
         pending = []
         for (topic, partition), group in groups.items():

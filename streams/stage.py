@@ -22,6 +22,11 @@ from streams.rules.continuity import Admit, OffsetContinuity
 log = logging.getLogger(__name__)
 
 
+def raw_key(key: Any) -> bytes:
+    """A table key as its changelog carries it raw: bytes as they are, text as UTF-8."""
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
 class PartitionedStage:
     """Offset continuity for the stage's input topics, and per-key state persistence."""
 
@@ -91,16 +96,26 @@ class PartitionedStage:
         now = time.monotonic()
         for tp in self.continuity.partitions():
             position = await consumer.position(tp)
-            delivered = consumer._read_offset.get(tp)  # the last offset handed to the stream
-            expected = self.continuity.expected(tp)
-            if delivered is not None and expected is not None and delivered >= expected:
+            if self._buffered(tp):
                 # Handed over and waiting in the stream's buffer: a busy stage, not a jump.
                 # (Under load the position runs ahead of processing for many seconds.)
-                position = expected
+                position = self.continuity.expected(tp)
             verdict = self.continuity.audit(tp, position, now)
             if verdict.admit is Admit.REWIND:
                 assert verdict.rewind_to is not None
                 await self._rewind(tp, verdict.rewind_to, "the fetch position is past it")
+
+    def _buffered(self, tp: Any) -> bool:
+        """Whether records of `tp` were handed to the stream and not processed yet."""
+        delivered = self.app.consumer._read_offset.get(tp)  # the last offset handed over
+        expected = self.continuity.expected(tp)
+        return delivered is not None and expected is not None and delivered >= expected
+
+    async def _to_every_partition(self, topic: str, value: bytes) -> list[Outgoing]:
+        """One keyless record of `value` on each partition of `topic` (event-time marks)."""
+        return [
+            Outgoing(topic, None, value, None, p) for p in await self.producer.partitions(topic)
+        ]
 
     async def _in_sequence(self, msg: Any, now: float) -> bool:
         verdict = self.continuity.admit(msg.tp, msg.offset, now)
