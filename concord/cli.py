@@ -215,6 +215,70 @@ def status(
 
 
 @cli.command()
+def scorecard(
+    day: Annotated[
+        str | None, typer.Option(help="The day to score, YYYY-MM-DD (default: the newest)")
+    ] = None,
+    tz: Annotated[
+        str | None, typer.Option("--tz", help="Time zone of the day (default: settings)")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Ask a running worker (e.g. http://127.0.0.1:6066) instead"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON")] = False,
+    config: ConfigOpt = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data dir of an embedded ClickHouse (e.g. .concord/demo)")
+    ] = None,
+) -> None:
+    """Score a day's order health from ClickHouse: five dimensions 1–5, band, hard figures."""
+    from datetime import date
+
+    from concord.scorecard import render
+    from sinks.clickhouse import EnginePathError, connect_settings
+    from sinks.scorecard import scorecard_for
+
+    settings = _settings(config, data_dir=data_dir, timezone=tz)
+    try:
+        wanted = None if day is None else date.fromisoformat(day)
+    except ValueError as exc:
+        console.print(f"[red]--day wants YYYY-MM-DD, got {day!r}[/red]")
+        raise typer.Exit(2) from exc
+    card: dict[str, Any] | None
+    if url is not None:
+        import httpx
+
+        params = {"tz": settings.timezone, **({"day": day} if day else {})}
+        try:
+            answer = httpx.get(f"{url.rstrip('/')}/scorecard", params=params, timeout=30)
+        except httpx.HTTPError as exc:
+            console.print(f"[red]no worker answers at {url}: {exc}[/red]")
+            raise typer.Exit(1) from exc
+        body = answer.json()
+        if answer.status_code == 404:
+            card = None
+        elif answer.status_code != 200:
+            console.print(f"[red]{url}: {body.get('error', answer.text)}[/red]")
+            raise typer.Exit(1)
+        else:
+            card = body
+    else:
+        try:
+            card = scorecard_for(connect_settings(settings), wanted, settings.timezone)
+        except EnginePathError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+    if card is None:
+        console.print("[yellow]no order placed yet: nothing to score[/yellow]")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(card, ensure_ascii=False, indent=2))
+    else:
+        console.print(render(card))
+
+
+@cli.command()
 def alerts(
     config: ConfigOpt = None,
     broker_url: BrokerOpt = None,

@@ -16,10 +16,11 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.live import Live
@@ -28,7 +29,15 @@ from rich.table import Table
 from concord.broker import BrokerError, start_broker, worker_env
 from concord.dashboard import Snapshot, fetch, render
 from concord.publish import PublishReport, publish
-from concord.scenario import Labels, ScenarioConfig, generate, write_jsonl, write_labels
+from concord.scenario import (
+    PLANT_TIMEZONE,
+    Labels,
+    ScenarioConfig,
+    generate,
+    write_jsonl,
+    write_labels,
+)
+from concord.scorecard import render as render_scorecard
 from concord.terminal import console, progress_bar
 from schemas.anomalies import GHOST_TYPES
 from schemas.settings import Settings
@@ -57,7 +66,7 @@ def run_demo(
     # Replayed flat out, a source partition that sent nothing for 5 s has no more to send:
     # it stops holding event time back sooner than the live default of a minute.
     idle = {} if speed else {"source_idle_after": "PT5S"}
-    env = worker_env(broker.url, data_dir, web_port=web_port, **idle)
+    env = worker_env(broker.url, data_dir, web_port=web_port, timezone=PLANT_TIMEZONE, **idle)
     worker_log = (data_dir / "worker.log").open("ab")
     worker = subprocess.Popen(
         [sys.executable, "-m", "concord", "worker"],
@@ -71,7 +80,8 @@ def run_demo(
     base_url = f"http://127.0.0.1:{web_port}"
     try:
         console.print(f"[bold]Concord demo[/bold] — broker {broker.url}, worker on {base_url}")
-        scenario = generate(ScenarioConfig(seed=seed, orders=orders, bad_inputs=60))
+        config = ScenarioConfig(seed=seed, orders=orders, bad_inputs=60)
+        scenario = generate(config)
         feed = data_dir / "scenario.jsonl"
         lines = write_jsonl(scenario, feed)
         write_labels(scenario.labels, data_dir / "scenario.labels.json")
@@ -101,8 +111,12 @@ def run_demo(
         found = asyncio.run(_anomalies(settings))
         scores = _against_labels(found, scenario.labels)
         console.print(_scores_table(scores))
+        card = _scorecard(base_url, config.start.date())
+        if card is not None:
+            console.print(render_scorecard(card))
         summary = {
             "kpis": final.kpis,
+            "scorecard": card,
             "commands": final.by("concord_commands_total", "kind"),
             "duplicates": final.total("concord_duplicates_total"),
             "dead_letters": final.by("concord_deadletter_total", "reason"),
@@ -112,7 +126,8 @@ def run_demo(
         order_id = next(iter(sorted(scenario.labels.ghosts.get("status_conflict") or {"?"})))
         console.print(
             f"\nsupport desk: {base_url}/desk   order 360: {base_url}/orders/{order_id}\n"
-            f"KPIs: {base_url}/kpis   metrics: {base_url}/metrics\n"
+            f"KPIs: {base_url}/kpis   scorecard: {base_url}/scorecard   "
+            f"metrics: {base_url}/metrics\n"
             f"topics on {broker.url}: concord.anomalies, concord.commands, concord.deadletter\n"
             + ("Ctrl-C stops everything." if duration is None else f"stopping in {duration:.0f} s")
         )
@@ -231,6 +246,20 @@ def _follow(
     except RuntimeError as exc:
         console.print(f"[red]{exc}[/red]")
         return None
+
+
+def _scorecard(base_url: str, day: date) -> dict[str, Any] | None:
+    # The worker reads its own ClickHouse (an embedded one admits one process).
+    try:
+        answer = httpx.get(f"{base_url}/scorecard", params={"day": day.isoformat()}, timeout=60)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]scorecard: the worker did not answer ({exc})[/red]")
+        return None
+    if answer.status_code != 200:
+        console.print(f"[red]scorecard: {answer.text}[/red]")
+        return None
+    card: dict[str, Any] = answer.json()
+    return card
 
 
 async def _anomalies(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -50,6 +50,7 @@ from typing import Any
 import orjson
 
 SHANGHAI = timezone(timedelta(hours=8))
+PLANT_TIMEZONE = "Asia/Shanghai"  # the same, by name: where the plant's calendar day starts
 
 # Times inside the generator are integer milliseconds relative to the scenario start.
 SECOND = 1000

@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from streams.rules.breaker import BreakerSettings
+from streams.rules.scorecard import zone_name
 
 CONFIG_FILE_ENV = "CONCORD_CONFIG"
 
@@ -95,6 +96,11 @@ class Settings(BaseSettings):
         default=timedelta(days=35),
         description="How long a finished (or never-linked) order stays in the per-order state",
     )
+    timezone: str = Field(
+        default="UTC",
+        description="The plant's time zone (IANA name): where a calendar day starts, "
+        "e.g. for the scorecard",
+    )
     clickhouse_enabled: bool = Field(
         default=True, description="Write events, order states, anomalies and KPIs to ClickHouse"
     )
@@ -108,6 +114,11 @@ class Settings(BaseSettings):
         if not value.startswith("kafka://"):
             raise ValueError("must start with kafka:// (e.g. kafka://127.0.0.1:9092)")
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return zone_name(value)
 
     @field_validator("status_map_file", "routing_file")
     @classmethod

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import clickhouse_connect
 import orjson
@@ -34,6 +34,8 @@ from clickhouse_connect.driver.exceptions import DataError
 
 from schemas.settings import Settings
 from sinks.rows import TABLE_COLUMNS
+
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -574,6 +576,21 @@ class ClickHouseSink:
     async def aflush(self, *, force: bool = False, spill_rest: bool = False) -> int:
         """`flush` in a worker thread, so inserts do not block the event loop."""
         return await asyncio.to_thread(self.flush, force=force, spill_rest=spill_rest)
+
+    def read(self, query: Callable[[Client], R]) -> R:
+        """Deliver what is buffered, then run a read on the sink's client.
+
+        Reads and flushes take turns (an embedded engine serves one call at a time), and the
+        read sees every row accepted before it. With ClickHouse down it raises, as the
+        delivery left the rows queued.
+        """
+        self.flush(force=True)
+        with self._flush_lock:
+            return query(self._client)
+
+    async def aread(self, query: Callable[[Client], R]) -> R:
+        """`read` in a worker thread."""
+        return await asyncio.to_thread(self.read, query)
 
     async def wait_for_room(self, poll_seconds: float = 0.05) -> None:
         """Return once the backlog is below its bound, flushing whenever a flush is due."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiohttp import web
+from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from faust.web import Request, Response, View
 
 from schemas.events import OrderDetails
@@ -15,6 +17,7 @@ from schemas.routing import load_routing
 from schemas.settings import Settings
 from schemas.status_map import load_status_map
 from sinks import metrics
+from sinks.scorecard import scorecard_for
 from streams import faust_consumer, tansu
 from streams.breaker import BreakerStage
 from streams.decisions import DecisionStage, route_decisions
@@ -24,9 +27,10 @@ from streams.orders import OrderStage
 from streams.rules.dedupe import DedupeRules
 from streams.rules.ghosts import GhostRules
 from streams.rules.ingest import IngestRules
+from streams.rules.scorecard import zone_name
 from streams.rules.watermark import SourceTime
 from streams.topics import TopicNames, kafka_auth
-from streams.warehouse import Warehouse
+from streams.warehouse import Warehouse, WarehouseDisabledError
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -216,6 +220,25 @@ def create_app(settings: Settings) -> faust.App:
     class DeskView(View):
         async def get(self, request: Request) -> Response:
             return web.Response(body=desk, headers={"Content-Type": "text/html; charset=utf-8"})
+
+    @app.page("/scorecard")
+    class ScorecardView(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                timezone = zone_name(request.query.get("tz", settings.timezone))
+                day_text = request.query.get("day", "").strip()
+                day = date.fromisoformat(day_text) if day_text else None
+            except ValueError as exc:
+                return self.json({"error": f"{exc}; ?day=YYYY-MM-DD&tz=Area/City"}, status=400)
+            try:
+                card = await warehouse.read(lambda client: scorecard_for(client, day, timezone))
+            except WarehouseDisabledError as exc:
+                return self.json({"error": str(exc)}, status=503)
+            except (ClickHouseError, OSError) as exc:
+                return self.json({"error": f"ClickHouse: {exc}"}, status=503)
+            if card is None:
+                return self.json({"error": "no order placed yet: nothing to score"}, status=404)
+            return self.json(card)
 
     @app.page("/metrics")
     class MetricsView(View):

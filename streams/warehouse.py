@@ -26,7 +26,7 @@ from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from schemas.anomalies import Anomaly
 from schemas.settings import Settings
 from sinks import rows
-from sinks.clickhouse import ClickHouseSink, connect, migrate
+from sinks.clickhouse import ClickHouseSink, R, connect, migrate
 from streams.rules.consistency import TERMINAL_GRACE
 from streams.rules.order_state import OrderState
 from streams.rules.refresh_latency import Observation
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 # clickhouse-connect waits up to 300 s for an answer by default; a commit waits on inserts,
 # so an unresponsive server must fail (and the rows spill) much sooner.
 _HTTP_TIMEOUTS = {"connect_timeout": 5, "send_receive_timeout": 30}
+
+
+class WarehouseDisabledError(RuntimeError):
+    """A read asked of a worker that writes no ClickHouse."""
 
 
 class _LazyClient:
@@ -323,6 +327,12 @@ class Warehouse:
         """Flush when the sink says a flush is due (a full or aged batch, a retry)."""
         if self._sink is not None and not self._stopped and self._sink.due():
             await self._sink.aflush()
+
+    async def read(self, query: Callable[[Client], R]) -> R:
+        """Run a read (e.g. `sinks.scorecard.day_figures`) on the worker's ClickHouse."""
+        if not self.enabled:
+            raise WarehouseDisabledError("ClickHouse is switched off (clickhouse_enabled)")
+        return await self.sink.aread(query)
 
     async def wait_for_room(self) -> None:
         """Back-pressure: return once the backlog is below its bound."""

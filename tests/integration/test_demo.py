@@ -44,3 +44,14 @@ def test_demo_runs_the_embedded_pipeline_end_to_end(tmp_path):
         assert n["hits"] == n["labelled"] == n["found"], (what, n)
     assert set(summary["dead_letters"]) >= {"schema", "unknown_status", "missing_order"}
     assert (tmp_path / "scenario.jsonl").stat().st_size > 0
+    # The scorecard of the scenario's day, read by the worker from its ClickHouse: every
+    # dimension measured, so the card has a band; the day's orders all counted.
+    card = summary["scorecard"]
+    assert card["day"] == "2026-03-02"
+    assert card["timezone"] == "Asia/Shanghai"
+    assert card["orders_placed"] > 1800
+    assert card["unscored"] == []
+    assert card["band"] in ("urgent", "bottlenecks", "healthy")
+    assert card["total"] == sum(d["score"] for d in card["dimensions"])
+    assert all(t["value"] is not None for t in card["targets"])
+    assert "order health scorecard, 2026-03-02" in out

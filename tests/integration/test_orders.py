@@ -12,6 +12,7 @@ import pytest
 
 from concord.scenario import ScenarioConfig, encode, generate
 from schemas.privacy import normalize_phone
+from tests.integration.browser import headless_page
 from tests.integration.harness import normalized_events, produce, read_all
 from tests.kpi_oracle import Oracle, median, p95
 
@@ -40,6 +41,65 @@ def _wait_for_kpis(worker, until, within: float = 120.0) -> dict:
             return kpis
         time.sleep(0.5)
     raise AssertionError(f"KPIs never settled: {kpis}\n{worker.log_tail()}")
+
+
+def _use_the_desk(worker, view: dict, phone: str, same_phone: set[str], ghost: dict) -> None:
+    """Search, open cards and read them in headless Chromium, as a person would."""
+    with headless_page() as page:
+        page.goto(worker.url("/desk"))
+        # KPI tiles: the CRM latency tile shows a measured duration, not a dash.
+        page.wait_for_selector("#tiles .tile")
+        tiles = page.inner_text("#tiles")
+        assert "CRM refresh latency" in tiles
+        assert "consistency" in tiles
+        assert page.locator("#tiles .tile b").first.inner_text() != "—"
+
+        # By order id: one card, every system's own id, status and update on one timeline.
+        page.fill("#q", view["order_id"])
+        page.press("#q", "Enter")
+        card = page.locator(f'.card[data-order="{view["order_id"]}"]')
+        card.wait_for()
+        text = card.inner_text()
+        for source, seen in view["systems"].items():
+            if seen["reported"]:
+                assert seen["order_ref"] in text, source
+                assert seen["status"] in text, source
+        cells = card.locator("table.systems tr td:nth-child(4)").all_inner_texts()
+        updates = [c for c in cells if c != "—"]
+        assert updates
+        assert updates == sorted(updates)  # oldest first: a timeline
+        assert "last scan" in text or "no carrier scan yet" in text
+
+        # By phone: a card per order of that customer; the number is never shown back.
+        page.fill("#q", phone)
+        page.press("#q", "Enter")
+        page.wait_for_function(
+            "n => document.querySelectorAll('#result .card').length === n", arg=len(same_phone)
+        )
+        shown = {c.get_attribute("data-order") for c in page.locator("#result .card").all()}
+        assert shown == same_phone
+        assert phone not in page.inner_text("#result")
+
+        # A ghost order: its open anomaly and the team that owns it.
+        page.fill("#q", ghost["order_id"])
+        page.press("#q", "Enter")
+        rows = page.locator(f'.card[data-order="{ghost["order_id"]}"] table.anomalies')
+        rows.wait_for()
+        owners = rows.inner_text()
+        for anomaly in ghost["anomalies"]:
+            assert anomaly["type"] in owners
+            assert anomaly["route"]["team"] in owners
+
+        # An unknown order: said so, no card.
+        page.fill("#q", "SO-NO-SUCH-ORDER")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#result .bad")
+        assert "unknown order" in page.inner_text("#result")
+
+        # The scorecard, read by the worker from its ClickHouse: five scored dimensions.
+        page.wait_for_selector("#scorecard table.dimensions")
+        assert "Order health scorecard" in page.inner_text("#scorecard")
+        assert page.locator("#scorecard table.dimensions tr").count() == 1 + 5
 
 
 def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, prefix):
@@ -119,6 +179,15 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     assert 'id="search"' in desk.text
     assert "/orders?phone=" in desk.text
     assert "/kpis" in desk.text
+
+    # ... and in a real browser, as a support agent uses it.
+    ghost = next(
+        v.json()
+        for o in sorted(set().union(*scenario.labels.ghosts.values()))
+        if (v := httpx.get(worker.url(f"/orders/{o}"), timeout=10)).status_code == 200
+        and v.json()["anomalies"]
+    )
+    _use_the_desk(worker, view, phone, same_phone, ghost)
 
     metrics = httpx.get(worker.url("/metrics"), timeout=10).text
     assert "concord_consistency_ratio " in metrics

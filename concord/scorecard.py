@@ -1,0 +1,66 @@
+"""The order health scorecard in the terminal (`concord scorecard`, the demo's last screen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+_BAND_STYLE = {"urgent": "bold red", "bottlenecks": "bold yellow", "healthy": "bold green"}
+_BAND_TEXT = {
+    "urgent": "≤ 10: the order flow needs rebuilding",
+    "bottlenecks": "11–18: local bottlenecks",
+    "healthy": "≥ 19: relatively healthy",
+}
+
+
+def _value(item: dict[str, Any]) -> str:
+    value = item["value"]
+    return "no data" if value is None else f"{value:g} {item['unit']}"
+
+
+def render(card: dict[str, Any]) -> Group:
+    """The five scores with their total and band, then the plant's three hard figures."""
+    scores = Table(title=f"order health scorecard, {card['day']} ({card['timezone']})")
+    scores.add_column("dimension")
+    scores.add_column("measured", justify="right")
+    scores.add_column("score", justify="right")
+    scores.add_column("on")
+    for dim in card["dimensions"]:
+        score = dim["score"]
+        style = "red" if score is not None and score <= 2 else "green" if score == 5 else ""
+        scores.add_row(
+            dim["title"],
+            _value(dim),
+            Text("–" if score is None else str(score), style=style),
+            dim["basis"],
+        )
+    band = card["band"]
+    if band is None:
+        verdict = Text(
+            f"total {card['total']} of {card['out_of']}; no band: "
+            f"no data for {', '.join(card['unscored'])}",
+            style="yellow",
+        )
+    else:
+        verdict = Text(
+            f"total {card['total']} of 25 → {band} ({_BAND_TEXT[band]})", style=_BAND_STYLE[band]
+        )
+    figures = Table(title="the plant's three hard figures")
+    figures.add_column("figure")
+    figures.add_column("measured", justify="right")
+    figures.add_column("target")
+    figures.add_column("met")
+    figures.add_column("on")
+    for target in card["targets"]:
+        met = target["met"]
+        figures.add_row(
+            target["title"],
+            _value(target),
+            target["target"],
+            Text("–" if met is None else "yes" if met else "no", style="green" if met else "red"),
+            target["basis"],
+        )
+    return Group(scores, verdict, figures)
