@@ -10,6 +10,7 @@ the order API until Ctrl-C (or --duration).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,36 @@ from schemas.anomalies import GHOST_TYPES
 from schemas.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 
+MARKER = ".concord-demo"
+# What a previous demo left that the next must not mix with its own rows (the broker is in
+# memory: its topics are gone, so this state is stale).
+_STALE = ("clickhouse", "clickhouse-spill", "faust", "summary.json")
+
+
+class DemoDirError(RuntimeError):
+    """The data dir holds something that is not a demo's: the demo will not clear it."""
+
+
+def fresh_data_dir(data_dir: Path) -> None:
+    """Make `data_dir` ready for a new demo run, clearing what an earlier run left there.
+
+    Only a dir the demo made (it carries a marker file) or an empty one is used, so pointing
+    `--data-dir` at a worker's real data can never delete it.
+    """
+    if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / MARKER).exists():
+        raise DemoDirError(
+            f"{data_dir} is not empty and was not made by `concord demo`; "
+            "give the demo a dir of its own (--data-dir)"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("made by concord demo: cleared at the start of every run\n")
+    for name in _STALE:
+        path = data_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
 
 def run_demo(
     *,
@@ -56,7 +87,11 @@ def run_demo(
 ) -> int:
     """Run the demo; the exit code."""
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fresh_data_dir(data_dir)
+    except DemoDirError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
     try:
         broker = start_broker(log_path=data_dir / "tansu.log")
     except BrokerError as exc:
@@ -67,7 +102,7 @@ def run_demo(
     # it stops holding event time back sooner than the live default of a minute.
     idle = {} if speed else {"source_idle_after": "PT5S"}
     env = worker_env(broker.url, data_dir, web_port=web_port, timezone=PLANT_TIMEZONE, **idle)
-    worker_log = (data_dir / "worker.log").open("ab")
+    worker_log = (data_dir / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "concord", "worker"],
         env=env,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -119,3 +121,20 @@ def test_an_unknown_time_zone_is_a_setting_error() -> None:
         day_bounds(date(2026, 3, 2), "Mars/Olympus")
     with pytest.raises(SettingsError, match="timezone"):
         load_settings(timezone="Mars/Olympus")
+
+
+def test_the_readme_lists_the_thresholds_the_code_uses() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Order health scorecard", 1)[1].split("\n## ", 1)[0]
+    table = [
+        line
+        for line in section.splitlines()
+        if line.startswith("| ") and line.count("|") == 7 and ("≤" in line or "≥" in line)
+    ]
+    assert len(table) == len(DIMENSIONS)
+    for dim, row in zip(DIMENSIONS, table, strict=True):
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        numbers = [float(re.sub(r"[^\d.]", "", c)) for c in cells]
+        assert numbers == [*dim.bounds, dim.bounds[-1]], dim.key
+        better = "≥" if dim.higher_is_better else "≤"
+        assert all(c.startswith(better) for c in cells[:4]), dim.key
