@@ -329,6 +329,7 @@ def query(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE, e.g. days=7")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON objects")] = False,
     config: ConfigOpt = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Data dir of an embedded ClickHouse (e.g. .concord/demo)")
@@ -361,6 +362,9 @@ def query(
     except (ValueError, EnginePathError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str))
+        return
     table = Table(title=f"{name} ({len(rows)} rows)")
     for column in columns:
         table.add_column(column)

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from schemas.anomalies import Anomaly
+from schemas.anomalies import Anomaly, AnomalyType
 from schemas.privacy import mask_address, mask_phone, phone_hash
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -495,6 +495,37 @@ def duplicate_pair_row(
         "detected_at": utc(detected_at),
         "version": _PAIR_STATE_RANK.get(state, 0) if version is None else int(version),
     }
+
+
+_PAIR_STATE_OF_DECISION = {"duplicate.merge": "merged", "duplicate.keep": "kept"}
+
+
+def duplicate_pair_of(anomaly: Anomaly) -> dict[str, Any] | None:
+    """A `duplicate_order` anomaly → its `duplicate_pairs` row (None for other anomalies).
+
+    The pair is the anomaly's two evidence items (earlier-placed first, each with its order,
+    channel and `placed_at`); its state follows the decision that resolved it, if any.
+    """
+    if anomaly.type is not AnomalyType.DUPLICATE_ORDER or len(anomaly.evidence) < 2:
+        return None
+    first, second = (item.model_dump() for item in anomaly.evidence[:2])
+    state, decision = "open", ""
+    for record in anomaly.decisions:
+        kind = str(record.get("kind", ""))
+        if kind in _PAIR_STATE_OF_DECISION:
+            state, decision = _PAIR_STATE_OF_DECISION[kind], kind
+    return duplicate_pair_row(
+        anomaly.anomaly_id,
+        order_a=str(first.get("order_id") or ""),
+        order_b=str(second.get("order_id") or anomaly.order_id or ""),
+        placed_a=first.get("placed_at") or first["occurred_at"],
+        placed_b=second.get("placed_at") or second["occurred_at"],
+        detected_at=anomaly.detected_at,
+        channel_a=str(first.get("channel") or ""),
+        channel_b=str(second.get("channel") or ""),
+        state=state,
+        decision=decision,
+    )
 
 
 def kpi_row(

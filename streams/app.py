@@ -138,6 +138,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.breaker,
         on_anomaly=orders.record_anomaly,
         end_marker_key=end_marker,
+        warehouse=warehouse,
     )
     ingest.on_anomaly = orders.record_anomaly
     stages = (ingest, orders, dedupe, decisions, breaker)

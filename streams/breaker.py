@@ -25,11 +25,12 @@ from sinks import metrics
 from streams.decisions import decision_dead_letter
 from streams.outputs import anomaly_records, command_record
 from streams.produce import Outgoing
-from streams.rules.breaker import Breaker, BreakerSettings, IntakeCounts, IntakeKind
+from streams.rules.breaker import Breaker, BreakerSettings, Evaluation, IntakeCounts, IntakeKind
 from streams.rules.ingest import Reason
 from streams.rules.watermark import from_us
 from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
+from streams.warehouse import Warehouse
 
 STATE_KEY = b"intake"
 
@@ -65,6 +66,7 @@ class BreakerStage(PartitionedStage):
         *,
         on_anomaly: Callable[[Anomaly], None],
         end_marker_key: str | None,
+        warehouse: Warehouse | None = None,
     ):
         super().__init__(
             app,
@@ -76,6 +78,7 @@ class BreakerStage(PartitionedStage):
         self.topics = topics
         self.settings = settings
         self.on_anomaly = on_anomaly
+        self.warehouse = warehouse
 
     async def process(self, events: Sequence[EventT]) -> None:
         """Fold in a batch of deltas and decisions, evaluate, publish, persist."""
@@ -113,8 +116,12 @@ class BreakerStage(PartitionedStage):
             counts.apply_delta(body["origin"], body["seq"], IntakeCounts.from_json(body["counts"]))
             if body.get("wm") is not None:
                 marks[body["origin"]] = max(marks.get(body["origin"], 0), body["wm"])
+        evaluations: list[Evaluation] = []
         if marks:
             emits += breaker.tick(counts, from_us(min(marks.values())), wall)
+            evaluations = breaker.evaluations
+        if self.warehouse is not None:
+            self.warehouse.breaker(evaluations, emits)
         for emit in emits:
             out += self._publish(emit)
         if out:

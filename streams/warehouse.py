@@ -23,10 +23,11 @@ import orjson
 from clickhouse_connect.driver import Client
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
-from schemas.anomalies import Anomaly
+from schemas.anomalies import Anomaly, AnomalyState, AnomalyType, Command, CommandKind
 from schemas.settings import Settings
 from sinks import rows
 from sinks.clickhouse import ClickHouseSink, R, connect, migrate
+from streams.rules.breaker import Evaluation
 from streams.rules.consistency import TERMINAL_GRACE
 from streams.rules.order_state import OrderState
 from streams.rules.refresh_latency import Observation
@@ -100,6 +101,40 @@ def normalized_row(value: bytes) -> dict[str, Any] | None:
 def anomaly_record_row(value: bytes) -> dict[str, Any]:
     """A concord.anomalies record → an `anomalies` row."""
     return rows.anomaly_row(Anomaly.model_validate_json(value))
+
+
+def duplicate_pair_record_row(value: bytes) -> dict[str, Any] | None:
+    """A concord.anomalies record → a `duplicate_pairs` row, if it is a duplicate_order."""
+    return rows.duplicate_pair_of(Anomaly.model_validate_json(value))
+
+
+def breaker_history_rows(
+    evaluations: Iterable[Evaluation], emits: Iterable[Anomaly | Command]
+) -> list[dict[str, Any]]:
+    """The breaker's evaluations ("evaluate") and transitions ("warn", "throttle", "resume")."""
+    # A transition carries the figures of the evaluation at its instant.
+    at_instant = {e.at: e for e in evaluations}
+    out = [_breaker_row(at, "evaluate", e) for at, e in at_instant.items()]
+    for emit in emits:
+        if isinstance(emit, Command):
+            if emit.kind in (CommandKind.INTAKE_THROTTLE, CommandKind.INTAKE_RESUME):
+                event = emit.kind.value.removeprefix("intake.")
+                out.append(_breaker_row(emit.issued_at, event, at_instant.get(emit.issued_at)))
+        elif emit.type == AnomalyType.INTAKE_OVERLOAD and emit.state == AnomalyState.OPEN:
+            out.append(_breaker_row(emit.opened_at, "warn", at_instant.get(emit.opened_at)))
+    return out
+
+
+def _breaker_row(at: datetime, event: str, evaluation: Evaluation | None) -> dict[str, Any]:
+    created, allocated, failed = evaluation.totals if evaluation is not None else (0, 0, 0)
+    return rows.breaker_row(
+        at,
+        stage=evaluation.stage if evaluation is not None else 0,
+        event=event,
+        orders_created=created,
+        allocated=allocated,
+        allocation_failed=failed,
+    )
 
 
 def dead_letter_record_row(value: bytes) -> dict[str, Any]:
@@ -269,6 +304,7 @@ class Warehouse:
                 dead.append(record.value)
         if anomalies:
             self.topic_records("anomalies", anomalies)
+            self._add("duplicate_pairs", anomalies, duplicate_pair_record_row)
         if dead:
             self.topic_records("deadletter", dead)
 
@@ -279,6 +315,12 @@ class Warehouse:
     def latencies(self, observations: Iterable[Observation]) -> None:
         """Refresh-latency observations, revisions included."""
         self._add("refresh_latency", observations, latency_record_row)
+
+    def breaker(
+        self, evaluations: Iterable[Evaluation], emits: Iterable[Anomaly | Command]
+    ) -> None:
+        """What one breaker tick evaluated and changed → `breaker_history`."""
+        self._add("breaker_history", breaker_history_rows(evaluations, emits), lambda row: row)
 
     def kpis(self, at: datetime, kpis: Mapping[str, Any]) -> None:
         """One KPI snapshot; `at` should be its event-time watermark, so replays rewrite it."""

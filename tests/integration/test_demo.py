@@ -55,3 +55,23 @@ def test_demo_runs_the_embedded_pipeline_end_to_end(tmp_path):
     assert card["total"] == sum(d["score"] for d in card["dimensions"])
     assert all(t["value"] is not None for t in card["targets"])
     assert "order health scorecard, 2026-03-02" in out
+
+    # The history tables behind the saved queries, read once the demo has let go of its
+    # embedded ClickHouse: every duplicate pair, and the breaker's throttle and resume.
+    pairs = _query(tmp_path, "duplicates_by_channel")
+    assert sum(p["pairs"] for p in pairs) == summary["against_labels"]["duplicate pairs"]["found"]
+    events = [r["event"] for r in _query(tmp_path, "breaker_history", "limit=1000")]
+    assert events.count("throttle") == events.count("resume") == 1
+    assert events.count("evaluate") > 100  # every 10 min of a day, and more
+
+
+def _query(data_dir, name: str, *params: str) -> list[dict]:
+    args = [a for p in params for a in ("-p", p)]
+    result = subprocess.run(
+        [sys.executable, "-m", "concord", "query", name, *args, "--json", "--data-dir", data_dir],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return orjson.loads(result.stdout)
