@@ -110,7 +110,13 @@ def figures(port: int) -> tuple[float, float, float]:
 
 
 def faust_worker(
-    broker_url: str, prefix: str, n: int, data_dir: Path, profile: str | None, clickhouse: bool
+    broker_url: str,
+    prefix: str,
+    n: int,
+    data_dir: Path,
+    profile: str | None,
+    clickhouse: bool,
+    batch_within: float,
 ) -> dict[str, float]:
     """Rates of a `concord worker` over the published events: ingest alone, and the whole
     pipeline (ingest + join + KPIs + ghosts + dedupe + breaker [+ ClickHouse])."""
@@ -122,6 +128,7 @@ def faust_worker(
         app_id=f"{prefix}-concord",
         web_port=port,
         clickhouse_enabled=str(clickhouse).lower(),
+        ingest_batch_within=batch_within,
     )
     cmd = [sys.executable, "-m", "concord", "worker"]
     log = (data_dir / "worker.log").open("wb")
@@ -196,6 +203,9 @@ def main() -> None:
         default="off",
         help="the worker's ClickHouse feed (embedded chdb); both = two worker runs",
     )
+    parser.add_argument(
+        "--batch-within", type=float, default=0.5, help="the worker's batch wait, seconds"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="concord-bench-") as tmp:
@@ -225,7 +235,13 @@ def main() -> None:
                     asyncio.run(ensure_topics(run))
                     asyncio.run(publish(bootstrap, TopicNames.from_settings(run), args.events))
                 got = faust_worker(
-                    broker.url, prefix, args.events, data_dir, args.profile, clickhouse
+                    broker.url,
+                    prefix,
+                    args.events,
+                    data_dir,
+                    args.profile,
+                    clickhouse,
+                    args.batch_within,
                 )
                 label = f"ClickHouse {'on' if clickhouse else 'off'}"
                 print(f"concord ingest      : {got['ingest']:>9,.0f} events/s ({label})")

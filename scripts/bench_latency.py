@@ -1,7 +1,8 @@
 """Latency under load: event → /orders/{id}, and event → anomaly on its topic.
 
     python scripts/bench_latency.py [--rate 1500] [--seconds 60] [--probes 120]
-                                    [--lateness PT2M] [--clickhouse on|off]
+                                    [--lateness PT2M] [--batch-within 0.5]
+                                    [--clickhouse on|off]
 
 A `concord worker` takes the ingest benchmark's realistic events at a steady `--rate` (events
 per second; the pipeline's capacity is what bench_ingest.py measures) while probe orders go
@@ -161,6 +162,7 @@ async def run(args: argparse.Namespace, broker_url: str, tmp: Path) -> None:
         web_port=port,
         clickhouse_enabled=str(args.clickhouse == "on").lower(),
         allowed_lateness=args.lateness,
+        ingest_batch_within=args.batch_within,
     )
     log = (tmp / "worker.log").open("wb")
     worker = await asyncio.create_subprocess_exec(
@@ -182,25 +184,30 @@ async def run(args: argparse.Namespace, broker_url: str, tmp: Path) -> None:
             started = time.perf_counter()
             effect: list[float] = []
             cancelled_at: dict[str, float] = {}
-            missed_effect = 0
             # Probes start once the load is under way and stop well before it does: event
             # time must still move on past the last one.
             warmup, tail = min(5.0, args.seconds / 4), max(10.0, args.seconds / 5)
             interval = (args.seconds - warmup - tail) / args.probes
-            for k in range(args.probes):
-                next_at = started + warmup + k * interval
-                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-                if loading.done():
-                    break
-                create, shipped, cancel = probe_events(k, load.event_time)
+            effect_missed: list[str] = []
+
+            async def probe(k: int, at: str) -> None:
+                create, shipped, cancel = probe_events(k, at)
                 sent = await send(probe_producer, names, create)
                 seen = await poll_order(http, base, create["order_ref"], within=30)
                 if seen is None:
-                    missed_effect += 1
+                    effect_missed.append(create["order_ref"])
                 else:
                     effect.append(seen - sent)
                 await send(probe_producer, names, shipped)
                 cancelled_at[cancel["order_ref"]] = await send(probe_producer, names, cancel)
+
+            probes = []
+            for k in range(args.probes):  # on a schedule, each on its own: probes overlap
+                next_at = started + warmup + k * interval
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                probes.append(asyncio.create_task(probe(k, load.event_time)))
+            await asyncio.gather(*probes)
+            missed_effect = len(effect_missed)
             await loading
             elapsed = time.perf_counter() - started
             for _ in range(120):  # up to a minute for the last anomalies
@@ -280,6 +287,9 @@ def main() -> None:
     parser.add_argument("--clickhouse", choices=["on", "off"], default="on")
     parser.add_argument(
         "--lateness", default="PT2M", help="the worker's allowed lateness (ISO 8601 duration)"
+    )
+    parser.add_argument(
+        "--batch-within", type=float, default=0.5, help="the worker's batch wait, seconds"
     )
     args = parser.parse_args()
     if args.rate <= 0 or args.probes <= 0:

@@ -76,7 +76,10 @@ def create_app(settings: Settings) -> faust.App:
     warehouse = Warehouse(settings)
     app = faust.App(settings.app_id, **faust_settings(settings))
     faust_consumer.install(
-        app, eager_drain=settings.consumer_fastpath, before_commit=[warehouse.before_commit]
+        app,
+        eager_drain=settings.consumer_fastpath,
+        before_commit=[warehouse.before_commit],
+        fetch_max_wait_ms=tansu.fetch_max_wait_ms(settings),
     )
     names = TopicNames.from_settings(settings)
     routing = load_routing(settings.routing_file)

@@ -19,7 +19,11 @@ that step (flow not suspended, buffer not full: decode + put_nowait) and no task
 If it suspends, the half-run coroutine continues under exactly the `wait_first` Faust uses,
 so a rebalance interrupts it as before.
 
-3. A hook: `before_commit` callbacks (given to `install`) are awaited right before offsets
+3. A setting: `fetch_max_wait_ms` (None keeps Faust's 1500 ms). Faust hard-codes how long
+a fetch may wait on the broker for data; a broker that holds every empty fetch that long
+(tansu does, see streams/tansu.py) adds up to that much to every hop. Set only there.
+
+4. A hook: `before_commit` callbacks (given to `install`) are awaited right before offsets
 are committed, after Faust has decided which offsets are committable and before it flushes
 the producer and writes them. A sink that buffers rows of processed events (the ClickHouse
 warehouse) stores them there, so an offset is never committed ahead of its rows. A callback
@@ -78,6 +82,21 @@ class ConcordConsumer(faust_aiokafka.Consumer):
 
     eager_drain = True
     before_commit: tuple[BeforeCommit, ...] = ()
+    fetch_max_wait_ms: int | None = None
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        thread = super()._new_consumer_thread()
+        wait_ms = self.fetch_max_wait_ms
+        if wait_ms is not None:
+            create = thread._create_worker_consumer
+
+            def create_worker_consumer(transport: Any) -> Any:
+                consumer = create(transport)
+                consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts
+                return consumer
+
+            thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+        return thread
 
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
@@ -191,11 +210,16 @@ class ConcordConsumer(faust_aiokafka.Consumer):
 
 
 def install(
-    app: faust.App, *, eager_drain: bool, before_commit: Sequence[BeforeCommit] = ()
+    app: faust.App,
+    *,
+    eager_drain: bool,
+    before_commit: Sequence[BeforeCommit] = (),
+    fetch_max_wait_ms: int | None = None,
 ) -> None:
     """Make `app` consume with ConcordConsumer (call before it starts).
 
     `before_commit`: coroutine functions awaited, in order, before every offset commit.
+    `fetch_max_wait_ms`: the consumer's fetch wait, None for Faust's.
     """
     if faust.__version__ != FAUST_VERSION:
         raise RuntimeError(
@@ -205,7 +229,11 @@ def install(
     consumer_cls = type(
         "ConcordConsumer",
         (ConcordConsumer,),
-        {"eager_drain": eager_drain, "before_commit": tuple(before_commit)},
+        {
+            "eager_drain": eager_drain,
+            "before_commit": tuple(before_commit),
+            "fetch_max_wait_ms": fetch_max_wait_ms,
+        },
     )
     transport_cls = type(
         "ConcordTransport", (faust_aiokafka.Transport,), {"Consumer": consumer_cls}
