@@ -160,7 +160,9 @@ def faust_worker(
                 ingest_done = now
             if joined > last_joined:
                 last_joined, last_change = joined, now
-            if ingest_done is not None and started is not None and now - last_change > 3:
+            # Done once every event is joined; a stage quiet for 15 s is done with fewer.
+            quiet = now - last_change > 15
+            if ingest_done is not None and started is not None and (last_joined >= n or quiet):
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
                 rewinds = next(
                     (

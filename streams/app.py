@@ -101,8 +101,8 @@ def create_app(settings: Settings) -> faust.App:
     )
     # concord.normalized -> per-order join, KPIs, ghosts -> anomalies, commands, placements
     # (bytes keys are raw on the changelog, so Faust routes /orders/{id} by the partitioner
-    # that placed the order on concord.normalized; values are JSON)
-    order_table = app.Table("order-state", key_type=bytes)
+    # that placed the order on concord.normalized; values are kept as their JSON bytes)
+    order_table = app.Table("order-state", key_type=bytes, value_type=bytes)
     orders = OrderStage(
         app,
         order_table,

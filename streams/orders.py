@@ -60,6 +60,12 @@ log = logging.getLogger(__name__)
 _SOURCES = {s.value: s for s in Source}
 
 
+def stored(value: bytes | None) -> dict[str, Any] | None:
+    """A table value as the stage reads it: the changelog's JSON bytes, decoded."""
+    decoded = None if value is None else orjson.loads(value)
+    return decoded if isinstance(decoded, dict) else None
+
+
 @dataclass(slots=True)
 class OrderEntry:
     """One order as the stage holds it during a batch."""
@@ -106,7 +112,12 @@ class OrderStage(PartitionedStage):
         end_marker_key: str | None,
     ):
         super().__init__(
-            app, table, [topics.normalized], end_marker_key=end_marker_key, encode_key=raw_key
+            app,
+            table,
+            [topics.normalized],
+            end_marker_key=end_marker_key,
+            encode_key=raw_key,
+            keep_encoded=True,
         )
         self.fingerprint = fingerprint
         self.warehouse = warehouse
@@ -300,7 +311,7 @@ class OrderStage(PartitionedStage):
     def _entry(self, key: bytes, partition: int | None = None) -> OrderEntry:
         entry = self._touched.get(key)
         if entry is None:
-            raw = self.table.data.get(key)
+            raw = stored(self.table.data.get(key))
             if partition is None:
                 partition = self._partition_of(key)
             entry = OrderEntry.from_json(partition, key.decode(), raw)
@@ -422,8 +433,9 @@ class OrderStage(PartitionedStage):
             if watermark is None:
                 return 0
             retention = self.settings.order_retention
-            for key, raw in list(self.table.data.items()):
-                if raw is None:
+            for key, value in list(self.table.data.items()):
+                raw = stored(value)
+                if raw is None or "s" not in raw:
                     continue
                 state = OrderState.from_json(raw["s"])
                 ghosts = GhostState.from_json(raw.get("g"), state.order_id)
@@ -451,11 +463,12 @@ class OrderStage(PartitionedStage):
         mine = {tp.partition for tp in self.assigned()}
         self._partitions = await self._partition_count()
         states: list[tuple[OrderState, GhostState]] = []
-        for key, raw in self.table.data.items():
-            if raw is None or not isinstance(raw, dict) or "s" not in raw:
-                continue
+        for key, value in self.table.data.items():
             if self._partition_of(key) not in mine:
                 continue  # a standby copy of another worker's partition
+            raw = stored(value)
+            if raw is None or "s" not in raw:
+                continue
             state = OrderState.from_json(raw["s"])
             states.append((state, GhostState.from_json(raw.get("g"), state.order_id)))
         self.rebuild(states, datetime.now(UTC))
@@ -537,7 +550,7 @@ class OrderStage(PartitionedStage):
 
     def order_view(self, order_id: str) -> dict[str, Any] | None:
         """The cross-system view of one order this worker owns, None when unknown."""
-        raw = self.table.data.get(raw_key(order_id))
+        raw = stored(self.table.data.get(raw_key(order_id)))
         if raw is None:
             return None
         entry = OrderEntry.from_json(0, order_id, raw)
