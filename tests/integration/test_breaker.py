@@ -50,7 +50,8 @@ def _records(prefix: str, events: list[dict]) -> list[tuple[str, bytes, bytes]]:
 
 
 def _watermark(worker) -> datetime | None:
-    wm = httpx.get(worker.url("/kpis"), timeout=10).json()["watermark"]
+    # Generous: a worker opening its embedded ClickHouse can be slow to answer at first.
+    wm = httpx.get(worker.url("/kpis"), timeout=30).json()["watermark"]
     return None if wm is None else datetime.fromisoformat(wm)
 
 
