@@ -1,4 +1,4 @@
-"""Fixtures that start real parts: the embedded broker and worker processes."""
+"""Fixtures that start real parts: the embedded broker, worker processes, embedded ClickHouse."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clickhouse_connect.driver import Client
 
 from concord.broker import EmbeddedBroker, start_broker
+from sinks.clickhouse import connect, embedded_location, migrate
 from tests.integration.harness import WorkerProcess, new_worker
 
 
@@ -47,3 +49,21 @@ def spawn(broker: EmbeddedBroker, tmp_path: Path, prefix: str, workers: list[Wor
         return worker
 
     return make
+
+
+@pytest.fixture(scope="session")
+def dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Embedded ClickHouse: chdb hosts one engine per process, so every test shares it."""
+    location = embedded_location() or str(tmp_path_factory.mktemp("clickhouse"))
+    return "chdb://memory" if location == ":memory:" else f"chdb://{location}"
+
+
+@pytest.fixture
+def client(dsn: str) -> Iterator[Client]:
+    """A client on a fresh, migrated database of its own, dropped afterwards."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    ch = connect(dsn, database)
+    migrate(ch, database)
+    yield ch
+    ch.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+    ch.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from sinks.clickhouse import (
     EnginePathError,
     Migration,
     connect,
-    embedded_location,
     migrate,
 )
 from sinks.queries import QUERIES, run_query
@@ -42,22 +41,6 @@ NOW = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
 
 
 # --- fixtures and helpers ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    location = embedded_location() or str(tmp_path_factory.mktemp("clickhouse"))
-    return "chdb://memory" if location == ":memory:" else f"chdb://{location}"
-
-
-@pytest.fixture
-def client(dsn: str) -> Iterator[Client]:
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    ch = connect(dsn, database)
-    migrate(ch, database)
-    yield ch
-    ch.command(f"DROP DATABASE IF EXISTS {database} SYNC")
-    ch.close()
 
 
 class ManualClock:

@@ -3,8 +3,6 @@ zone, and every figure of a small world whose answers are worked out by hand bel
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -13,7 +11,7 @@ from clickhouse_connect.driver import Client
 
 from schemas.anomalies import Anomaly
 from sinks import rows as mk
-from sinks.clickhouse import ClickHouseSink, connect, embedded_location, migrate
+from sinks.clickhouse import ClickHouseSink
 from sinks.scorecard import day_figures, latest_day, scorecard_for
 
 pytestmark = pytest.mark.integration
@@ -25,22 +23,6 @@ DAY = date(2026, 11, 2)
 
 def at(day: int, hour: int, minute: int = 0, second: int = 0) -> datetime:
     return datetime(2026, 11, day, hour, minute, second, tzinfo=CST)
-
-
-@pytest.fixture(scope="module")
-def dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    location = embedded_location() or str(tmp_path_factory.mktemp("clickhouse"))
-    return "chdb://memory" if location == ":memory:" else f"chdb://{location}"
-
-
-@pytest.fixture
-def client(dsn: str) -> Iterator[Client]:
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    ch = connect(dsn, database)
-    migrate(ch, database)
-    yield ch
-    ch.command(f"DROP DATABASE IF EXISTS {database} SYNC")
-    ch.close()
 
 
 def event(order: str, source: str, stage: str, when: datetime, n: int) -> dict[str, Any]:

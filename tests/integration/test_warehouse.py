@@ -25,7 +25,7 @@ from schemas.privacy import phone_hash
 from schemas.settings import Settings
 from schemas.stages import Source
 from schemas.status_map import load_status_map
-from sinks.clickhouse import ClickHouseSink, UnsavedRowsError, connect, embedded_location
+from sinks.clickhouse import ClickHouseSink, UnsavedRowsError, connect
 from sinks.rows import TABLE_COLUMNS
 from streams import warehouse as warehouse_module
 from streams.ingest import dead_letter
@@ -43,12 +43,6 @@ STREET = "建国路88号院3号楼"
 # Recent enough for the tables' TTL; whole minutes keep the arithmetic exact.
 T = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
 RECEIVED = T + timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    location = embedded_location() or str(tmp_path_factory.mktemp("clickhouse"))
-    return "chdb://memory" if location == ":memory:" else f"chdb://{location}"
 
 
 @pytest.fixture
