@@ -155,6 +155,7 @@ def run_demo(
             "commands": final.by("concord_commands_total", "kind"),
             "duplicates": final.total("concord_duplicates_total"),
             "dead_letters": final.by("concord_deadletter_total", "reason"),
+            "late_events": final.by("concord_late_events_total", "source"),
             "against_labels": scores,
         }
         (data_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

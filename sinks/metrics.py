@@ -63,6 +63,11 @@ ORDER_EVENTS = Counter(
     "Events the per-order stage applied, by outcome (applied, stale, marker, duplicate)",
     ["outcome"],
 )
+LATE_EVENTS = Counter(
+    "concord_late_events",
+    "Events the per-order stage applied behind its watermark (later than the allowed lateness)",
+    ["source"],
+)
 ORDER_STATE_BYTES = Gauge(
     "concord_order_state_bytes", "Mean size of the order states written in the latest batch"
 )

@@ -146,6 +146,7 @@ class OrderStage(PartitionedStage):
         self._touched: dict[bytes, OrderEntry] = {}
         self._intake: dict[int, IntakeCounts] = {}
         self._outcomes: Counter[Outcome] = Counter()
+        self._late: Counter[Source] = Counter()
         self._last_offset: dict[int, int] = {}
         self._out: list[Outgoing] = []
 
@@ -183,6 +184,9 @@ class OrderStage(PartitionedStage):
             for outcome, n in self._outcomes.items():
                 metrics.ORDER_EVENTS.labels(outcome.value).inc(n)
             self._outcomes.clear()
+            for source, n in self._late.items():
+                metrics.LATE_EVENTS.labels(source.value).inc(n)
+            self._late.clear()
             metrics.ORDER_BATCH_SECONDS.set(time.perf_counter() - started)
 
     def _mark(self, partition: int, body: dict[str, Any], wall: datetime, wall_us: int) -> None:
@@ -205,6 +209,8 @@ class OrderStage(PartitionedStage):
             source, event_us, wall_us, event_id=body["event_id"], status=body.get("status", "")
         )
         watermark = self.watermark.value
+        if watermark is not None and event_us < as_us(watermark):
+            self._late[source] += 1  # applied all the same; timers already past may fire late
         if caught is not None:
             self.wheel.release(caught.source, watermark or from_us(event_us))
             if caught.anomaly is not None:

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta
 
 import httpx
+import orjson
 import pytest
 
 from concord.scenario import ScenarioConfig, encode, generate
@@ -205,3 +206,20 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     for key in ("watermark", "consistency", "refresh_latency_seconds", "ghost_orders"):
         assert after[key] == before[key], key
     assert httpx.get(worker.url(f"/orders/{order_id}"), timeout=10).json() == view_before
+
+    # An event far behind the watermark is still applied, and counted as late.
+    late = {
+        "event_id": "late-crm-1",
+        "source": "crm",
+        "order_ref": "CS-LATE-1",
+        "erp_order_id": order_id,
+        "status": "NEW",
+        "occurred_at": (wm - timedelta(days=3)).isoformat(),
+    }
+    asyncio.run(produce(bootstrap, [(f"{prefix}.crm.events", b"CS-LATE-1", orjson.dumps(late))]))
+    deadline = time.monotonic() + 60
+    while 'concord_late_events_total{source="crm"} 1.0' not in (
+        text := httpx.get(worker.url("/metrics"), timeout=10).text
+    ):
+        assert time.monotonic() < deadline, [ln for ln in text.splitlines() if "late" in ln]
+        time.sleep(0.5)
