@@ -1,8 +1,9 @@
 """Read one day's scorecard figures from ClickHouse (`GET /scorecard`, `concord scorecard`).
 
 A day is a calendar day in a time zone (the plant's, not necessarily UTC), by event time:
-orders placed that day, latencies whose ERP change happened that day, anomalies opened that
-day, the KPI snapshots taken that day. Replaying a day therefore scores it as it was.
+orders placed that day (with their events and latest joined state), latencies whose ERP
+change happened that day, anomalies opened that day. Replaying a day therefore scores it as
+it was.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ _AT_OR_AFTER_ALLOCATED = tuple(
 )
 
 _ORDERS_SQL = """
+WITH placed AS (
+    SELECT order_id, assumeNotNull(placed_at) AS placed_at, priority, consistent
+    FROM order_state FINAL
+    WHERE placed_at >= {start:DateTime64(3, 'UTC')} AND placed_at < {end:DateTime64(3, 'UTC')}
+)
 SELECT
     s.order_id,
     s.placed_at,
@@ -35,11 +41,7 @@ SELECT
         WHERE order_id != '' AND opened_at >= {start:DateTime64(3, 'UTC')}
     ) AS corrected,
     NOT s.consistent AS inconsistent
-FROM (
-    SELECT order_id, assumeNotNull(placed_at) AS placed_at, priority, consistent
-    FROM order_state FINAL
-    WHERE placed_at >= {start:DateTime64(3, 'UTC')} AND placed_at < {end:DateTime64(3, 'UTC')}
-) AS s
+FROM placed AS s
 LEFT JOIN (
     SELECT
         order_id,
@@ -48,10 +50,7 @@ LEFT JOIN (
         minIf(occurred_at, source IN ('erp', 'wms') AND stage IN {allocated:Array(String)})
             AS allocated
     FROM events
-    WHERE order_id IN (
-        SELECT order_id FROM order_state FINAL
-        WHERE placed_at >= {start:DateTime64(3, 'UTC')} AND placed_at < {end:DateTime64(3, 'UTC')}
-    )
+    WHERE order_id IN (SELECT order_id FROM placed)
     GROUP BY order_id
 ) AS e ON e.order_id = s.order_id
 ORDER BY s.order_id
