@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -209,7 +209,8 @@ class OrderStage(PartitionedStage):
             source, event_us, wall_us, event_id=body["event_id"], status=body.get("status", "")
         )
         watermark = self.watermark.value
-        if watermark is not None and event_us < as_us(watermark):
+        watermark_us = self.watermark.value_us
+        if watermark_us is not None and event_us < watermark_us:
             self._late[source] += 1  # applied all the same; timers already past may fire late
         if caught is not None:
             self.wheel.release(caught.source, watermark or from_us(event_us))
@@ -439,12 +440,7 @@ class OrderStage(PartitionedStage):
             if watermark is None:
                 return 0
             retention = self.settings.order_retention
-            for key, value in list(self.table.data.items()):
-                raw = stored(value)
-                if raw is None or "s" not in raw:
-                    continue
-                state = OrderState.from_json(raw["s"])
-                ghosts = GhostState.from_json(raw.get("g"), state.order_id)
+            for key, state, ghosts in self._held():
                 if ghosts.book.has_open or not is_evictable(state, watermark, retention):
                     continue
                 entry = OrderEntry(self._partition_of(key), state, ghosts, evict=True)
@@ -468,17 +464,23 @@ class OrderStage(PartitionedStage):
         self._built_for = generation
         mine = {tp.partition for tp in self.assigned()}
         self._partitions = await self._partition_count()
-        states: list[tuple[OrderState, GhostState]] = []
-        for key, value in self.table.data.items():
-            if self._partition_of(key) not in mine:
-                continue  # a standby copy of another worker's partition
-            raw = stored(value)
-            if raw is None or "s" not in raw:
-                continue
-            state = OrderState.from_json(raw["s"])
-            states.append((state, GhostState.from_json(raw.get("g"), state.order_id)))
+        # Only this worker's partitions: not standby copies of another worker's.
+        states = [(state, ghosts) for _, state, ghosts in self._held(mine)]
         self.rebuild(states, datetime.now(UTC))
         log.info("per-order state: %d orders on partitions %s", len(states), sorted(mine))
+
+    def _held(
+        self, partitions: set[int] | None = None
+    ) -> Iterator[tuple[bytes, OrderState, GhostState]]:
+        """The orders in the table, decoded; only those of `partitions` when given."""
+        for key, value in list(self.table.data.items()):
+            if partitions is not None and self._partition_of(key) not in partitions:
+                continue
+            raw = stored(value)
+            if raw is None or "s" not in raw:
+                continue  # not an order's state
+            state = OrderState.from_json(raw["s"])
+            yield key, state, GhostState.from_json(raw.get("g"), state.order_id)
 
     def rebuild(self, orders: Iterable[tuple[OrderState, GhostState]], wall: datetime) -> None:
         """Start the derived aggregates over from the order states this worker owns."""

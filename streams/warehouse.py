@@ -98,16 +98,6 @@ def normalized_row(value: bytes) -> dict[str, Any] | None:
     return None if "decision" in body else rows.event_row(body)
 
 
-def anomaly_record_row(value: bytes) -> dict[str, Any]:
-    """A concord.anomalies record → an `anomalies` row."""
-    return rows.anomaly_row(Anomaly.model_validate_json(value))
-
-
-def duplicate_pair_record_row(value: bytes) -> dict[str, Any] | None:
-    """A concord.anomalies record → a `duplicate_pairs` row, if it is a duplicate_order."""
-    return rows.duplicate_pair_of(Anomaly.model_validate_json(value))
-
-
 def breaker_history_rows(
     evaluations: Iterable[Evaluation], emits: Iterable[Anomaly | Command]
 ) -> list[dict[str, Any]]:
@@ -155,7 +145,6 @@ def dead_letter_record_row(value: bytes) -> dict[str, Any]:
 
 _TOPIC_ROWS: dict[str, tuple[str, Callable[[bytes], dict[str, Any] | None]]] = {
     "normalized": ("events", normalized_row),
-    "anomalies": ("anomalies", anomaly_record_row),
     "deadletter": ("dead_letters", dead_letter_record_row),
 }
 
@@ -282,7 +271,14 @@ class Warehouse:
     # --- intake: synchronous and cheap, rows are only buffered -----------------------------
 
     def topic_records(self, topic_kind: str, values: Iterable[bytes]) -> None:
-        """Records as on a topic: "normalized" (events), "anomalies" or "deadletter"."""
+        """Records as on a topic: "normalized" (events), "anomalies" (anomalies, and the
+        duplicate pairs among them) or "deadletter"."""
+        if topic_kind == "anomalies":
+            # Decoded once for both tables.
+            parsed = self._mapped("anomalies", values, Anomaly.model_validate_json)
+            self._add("anomalies", parsed, rows.anomaly_row)
+            self._add("duplicate_pairs", parsed, rows.duplicate_pair_of)
+            return
         table, mapper = _TOPIC_ROWS[topic_kind]
         self._add(table, values, mapper)
 
@@ -304,7 +300,6 @@ class Warehouse:
                 dead.append(record.value)
         if anomalies:
             self.topic_records("anomalies", anomalies)
-            self._add("duplicate_pairs", anomalies, duplicate_pair_record_row)
         if dead:
             self.topic_records("deadletter", dead)
 
@@ -336,9 +331,17 @@ class Warehouse:
     def _add(
         self, table: str, items: Iterable[Any], mapper: Callable[[Any], dict[str, Any] | None]
     ) -> None:
+        out = self._mapped(table, items, mapper)
+        if out:
+            self.sink.add_many(table, out)
+
+    def _mapped(
+        self, table: str, items: Iterable[Any], mapper: Callable[[Any], R | None]
+    ) -> list[R]:
+        """`mapper` over `items` for `table`, the Nones and the malformed left out (logged)."""
         if not self._accepting:
-            return
-        out: list[dict[str, Any]] = []
+            return []
+        out: list[R] = []
         bad: list[str] = []
         for item in items:
             try:
@@ -351,8 +354,7 @@ class Warehouse:
                 out.append(row)
         if bad:
             log.error("%d records for %s not mapped, skipped (%s)", len(bad), table, bad[0])
-        if out:
-            self.sink.add_many(table, out)
+        return out
 
     # --- flushing --------------------------------------------------------------------------
 
