@@ -77,6 +77,18 @@ class _Continue:
                 return stop.value
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, its aiokafka consumer fetching with `fetch_max_wait_ms`."""
+
+    fetch_max_wait_ms: int | None = None
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if self.fetch_max_wait_ms is not None:
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when it starts
+        return consumer
+
+
 class ConcordConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, committing only contiguous acks (and optionally eager)."""
 
@@ -85,17 +97,9 @@ class ConcordConsumer(faust_aiokafka.Consumer):
     fetch_max_wait_ms: int | None = None
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        thread = super()._new_consumer_thread()
-        wait_ms = self.fetch_max_wait_ms
-        if wait_ms is not None:
-            create = thread._create_worker_consumer
-
-            def create_worker_consumer(transport: Any) -> Any:
-                consumer = create(transport)
-                consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts
-                return consumer
-
-            thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+        # Faust's body, with the thread below.
+        thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = self.fetch_max_wait_ms
         return thread
 
     async def _commit_offsets(
