@@ -235,7 +235,7 @@ def scorecard(
     """Score a day's order health from ClickHouse: five dimensions 1–5, band, hard figures."""
     from datetime import date
 
-    from concord.scorecard import render
+    from concord.scorecard import ScorecardUnavailableError, fetch, render
     from sinks.clickhouse import EnginePathError, connect_settings
     from sinks.scorecard import scorecard_for
 
@@ -247,22 +247,11 @@ def scorecard(
         raise typer.Exit(2) from exc
     card: dict[str, Any] | None
     if url is not None:
-        import httpx
-
-        params = {"tz": settings.timezone, **({"day": day} if day else {})}
         try:
-            answer = httpx.get(f"{url.rstrip('/')}/scorecard", params=params, timeout=30)
-        except httpx.HTTPError as exc:
-            console.print(f"[red]no worker answers at {url}: {exc}[/red]")
+            card = fetch(url, day=day, tz=settings.timezone, timeout=30)
+        except ScorecardUnavailableError as exc:
+            console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
-        body = answer.json()
-        if answer.status_code == 404:
-            card = None
-        elif answer.status_code != 200:
-            console.print(f"[red]{url}: {body.get('error', answer.text)}[/red]")
-            raise typer.Exit(1)
-        else:
-            card = body
     else:
         try:
             card = scorecard_for(connect_settings(settings), wanted, settings.timezone)

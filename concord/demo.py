@@ -21,7 +21,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.live import Live
@@ -38,6 +37,8 @@ from concord.scenario import (
     write_jsonl,
     write_labels,
 )
+from concord.scorecard import ScorecardUnavailableError
+from concord.scorecard import fetch as fetch_scorecard
 from concord.scorecard import render as render_scorecard
 from concord.terminal import console, progress_bar
 from schemas.anomalies import GHOST_TYPES
@@ -287,14 +288,12 @@ def _follow(
 def _scorecard(base_url: str, day: date) -> dict[str, Any] | None:
     # The worker reads its own ClickHouse (an embedded one admits one process).
     try:
-        answer = httpx.get(f"{base_url}/scorecard", params={"day": day.isoformat()}, timeout=60)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]scorecard: the worker did not answer ({exc})[/red]")
+        card = fetch_scorecard(base_url, day=day.isoformat())
+    except ScorecardUnavailableError as exc:
+        console.print(f"[red]scorecard: {exc}[/red]")
         return None
-    if answer.status_code != 200:
-        console.print(f"[red]scorecard: {answer.text}[/red]")
-        return None
-    card: dict[str, Any] = answer.json()
+    if card is None:
+        console.print("[red]scorecard: no order placed that day[/red]")
     return card
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -14,6 +15,28 @@ _BAND_TEXT = {
     "bottlenecks": "11–18: local bottlenecks",
     "healthy": "≥ 19: relatively healthy",
 }
+
+
+class ScorecardUnavailableError(RuntimeError):
+    """The worker did not answer with a scorecard (unreachable, ClickHouse off or down)."""
+
+
+def fetch(
+    base_url: str, *, day: str | None = None, tz: str | None = None, timeout: float = 60
+) -> dict[str, Any] | None:
+    """A running worker's `GET /scorecard`; None while no order is placed (its 404)."""
+    params = {k: v for k, v in (("day", day), ("tz", tz)) if v}
+    try:
+        answer = httpx.get(f"{base_url.rstrip('/')}/scorecard", params=params, timeout=timeout)
+        body = answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ScorecardUnavailableError(f"no scorecard from {base_url}: {exc}") from exc
+    if answer.status_code == 404:
+        return None
+    if answer.status_code != 200:
+        raise ScorecardUnavailableError(f"{base_url}: {body.get('error', answer.text)}")
+    card: dict[str, Any] = body
+    return card
 
 
 def _value(item: dict[str, Any]) -> str:

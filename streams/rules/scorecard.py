@@ -81,15 +81,15 @@ class Dimension:
 
     def describe(self) -> list[str]:
         """The thresholds as a person reads them, best first (for the README and the CLI)."""
-        cmp = "≥" if self.higher_is_better else "≤"
-        worse = "<" if self.higher_is_better else ">"
         points = zip((5, 4, 3, 2), self.bounds, strict=True)
-        lines = [f"{p}: {cmp} {_num(b)} {self.unit}" for p, b in points]
-        return [*lines, f"1: {worse} {_num(self.bounds[-1])} {self.unit}"]
+        lines = [f"{p}: {_bound(b, self.unit, self.higher_is_better)}" for p, b in points]
+        worse = "<" if self.higher_is_better else ">"
+        return [*lines, f"1: {worse} {self.bounds[-1]:g} {self.unit}"]
 
 
-def _num(value: float) -> str:
-    return f"{value:g}"
+def _bound(value: float, unit: str, higher_is_better: bool) -> str:
+    """A bound as a person reads it, e.g. "≤ 15 min" or "≥ 98.5 %"."""
+    return f"{'≥' if higher_is_better else '≤'} {value:g} {unit}"
 
 
 FIRST_SYNC = Dimension(
@@ -308,14 +308,13 @@ def scorecard(figures: DayFigures) -> dict[str, Any]:
     targets = []
     for target in TARGETS:
         value = values[target.key]
-        cmp = "≥" if target.higher_is_better else "≤"
         targets.append(
             {
                 "key": target.key,
                 "title": target.title,
                 "unit": target.unit,
                 "value": _rounded(value),
-                "target": f"{cmp} {_num(target.target)} {target.unit}",
+                "target": _bound(target.target, target.unit, target.higher_is_better),
                 "met": target.met(value),
                 "basis": basis[target.key],
             }

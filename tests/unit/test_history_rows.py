@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from schemas.anomalies import Decision, DecisionKind, Route, Team
+from schemas.anomalies import Anomaly, Decision, DecisionKind, Route, Team
 from sinks import rows
 from streams.rules.breaker import Breaker, BreakerSettings, IntakeCounts
 from streams.rules.dedupe import (
@@ -20,7 +20,7 @@ T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
 MIN = timedelta(minutes=1)
 
 
-def pair_anomaly():  # type: ignore[no-untyped-def]
+def pair_anomaly() -> Anomaly:
     rules, window = DedupeRules(), FingerprintWindow()
     for order_id, channel, at in (("SO-A", "wechat", T0), ("SO-B", "website", T0 + 4 * MIN)):
         pairs = rules.observe(
