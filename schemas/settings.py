@@ -67,11 +67,6 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ingest_batch_max: int = Field(default=5000, ge=1, le=100_000)
     ingest_batch_within: float = Field(default=0.5, gt=0, le=60)
-    consumer_fastpath: bool = Field(
-        default=True,
-        description="Step each fetched message's delivery inline before falling back to "
-        "Faust's wait_first (streams/faust_consumer.py); off restores Faust's drain loop",
-    )
     allowed_lateness: timedelta = Field(
         default=timedelta(minutes=2),
         description="How late an event may arrive before the watermark has passed it",

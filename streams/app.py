@@ -22,6 +22,7 @@ from streams import faust_consumer, tansu
 from streams.breaker import BreakerStage
 from streams.decisions import DecisionStage, route_decisions
 from streams.dedupe import DedupeStage
+from streams.faust_consumer import RecordInbox
 from streams.ingest import IngestStage
 from streams.orders import OrderStage
 from streams.rules.dedupe import DedupeRules
@@ -50,8 +51,6 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # One request per message (linger 0) costs ~45% throughput and most broker CPU.
         "producer_linger": 0.05,
         "producer_max_batch_size": 262_144,
-        # Room for four ingest batches, so the consumer rarely blocks on a full buffer.
-        "stream_buffer_maxsize": 4 * settings.ingest_batch_max,
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_bind": settings.web_host,
@@ -74,13 +73,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for these settings: the whole flow reads top to bottom here."""
     warehouse = Warehouse(settings)
+    feed = warehouse if warehouse.enabled else None  # the stages' ClickHouse rows, if any
     app = faust.App(settings.app_id, **faust_settings(settings))
-    faust_consumer.install(
-        app,
-        eager_drain=settings.consumer_fastpath,
-        before_commit=[warehouse.before_commit],
-        fetch_max_wait_ms=tansu.fetch_max_wait_ms(settings),
-    )
     names = TopicNames.from_settings(settings)
     routing = load_routing(settings.routing_file)
     end_marker = tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None
@@ -112,7 +106,7 @@ def create_app(settings: Settings) -> faust.App:
         fingerprint=lambda details: dedupe_rules.fingerprint(
             OrderDetails.model_validate(details)
         ).encode(),
-        warehouse=warehouse,
+        warehouse=feed,
         end_marker_key=end_marker,
     )
     # concord.placements (by fingerprint) -> duplicate_order anomalies
@@ -141,33 +135,52 @@ def create_app(settings: Settings) -> faust.App:
         settings.breaker,
         on_anomaly=orders.record_anomaly,
         end_marker_key=end_marker,
-        warehouse=warehouse,
+        warehouse=feed,
     )
     ingest.on_anomaly = orders.record_anomaly
     stages = (ingest, orders, dedupe, decisions, breaker)
     for each in stages:
-        each.producer.tap = warehouse.outgoing
+        each.producer.tap = None if feed is None else feed.outgoing
 
-    def batches(name: str, channel: Any, size: int, process: Any) -> None:
-        async def run(stream: faust.StreamT[bytes]) -> None:
-            async for batch in stream.take_events(size, within=settings.ingest_batch_within):
-                await warehouse.wait_for_room()  # back-pressure while ClickHouse is behind
-                await process(batch)
+    inboxes: list[RecordInbox] = []
 
-        app.agent(channel, name=name)(run)
+    def stage(
+        name: str, topics: list[str], size: int, process: Any, partitions: int | None = None
+    ) -> None:
+        # The stage's topics are subscribed and delivered to it in bulk, batches of up to
+        # `size` records (streams/faust_consumer.py), each acked once processed.
+        inbox = RecordInbox(name, topics, limit=4 * size)
+        inboxes.append(inbox)
+        app.topics.add(topic(*topics, partitions=partitions))
+
+        async def batches(batch: list[Any]) -> None:
+            await warehouse.wait_for_room()  # back-pressure while ClickHouse is behind
+            await process(batch)
+
+        async def run() -> None:
+            await faust_consumer.serve(app, inbox, size, settings.ingest_batch_within, batches)
+
+        run.__name__ = f"stage_{name}"
+        app.task(run)
 
     batch_max = settings.ingest_batch_max
-    batches("ingest", topic(*names.sources.values()), batch_max, ingest.process)
-    batches("orders", topic(names.normalized), batch_max, orders.process)
-    batches("dedupe", topic(names.placements), batch_max, dedupe.process)
-    batches(
+    stage("ingest", list(names.sources.values()), batch_max, ingest.process)
+    stage("orders", [names.normalized], batch_max, orders.process)
+    stage("dedupe", [names.placements], batch_max, dedupe.process)
+    stage(
         "decisions",
-        topic(names.decisions),
+        [names.decisions],
         100,
         lambda batch: route_decisions(decisions.producer, names, batch),
     )
-    batches("anomaly-index", topic(names.anomaly_index), 1000, decisions.process)
-    batches("breaker", topic(names.breaker, partitions=1), 1000, breaker.process)
+    stage("anomaly-index", [names.anomaly_index], 1000, decisions.process)
+    stage("breaker", [names.breaker], 1000, breaker.process, partitions=1)
+    faust_consumer.install(
+        app,
+        inboxes=inboxes,
+        before_commit=[warehouse.before_commit],
+        fetch_max_wait_ms=tansu.fetch_max_wait_ms(settings),
+    )
 
     @app.task
     async def start_warehouse() -> None:

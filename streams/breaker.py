@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import EventT, TableT
+from faust.types import Message, TableT
 
 from schemas.anomalies import Anomaly, Command, Decision
 from sinks import metrics
@@ -80,9 +80,9 @@ class BreakerStage(PartitionedStage):
         self.on_anomaly = on_anomaly
         self.warehouse = warehouse
 
-    async def process(self, events: Sequence[EventT]) -> None:
+    async def process(self, messages: Sequence[Message]) -> None:
         """Fold in a batch of deltas and decisions, evaluate, publish, persist."""
-        await self._baselines({e.message.tp for e in events})
+        await self._baselines({m.tp for m in messages})
         wall = datetime.now(UTC)
         now = time.monotonic()
         raw = self.table.data.get(STATE_KEY) or {}
@@ -92,12 +92,11 @@ class BreakerStage(PartitionedStage):
         emits: list[Anomaly | Command] = []
         out: list[Outgoing] = []
         partition = 0
-        for event in events:
-            msg = event.message
+        for msg in messages:
             if not await self._in_sequence(msg, now):
                 continue
             partition = msg.partition
-            body = orjson.loads(event.value)
+            body = orjson.loads(msg.value)
             if "decision" in body:
                 try:
                     emits += breaker.decide(Decision.model_validate(body["decision"]), wall)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import EventT, TableT
+from faust.types import Message, TableT
 from pydantic import ValidationError
 
 from schemas.anomalies import Anomaly, AnomalyType, Decision, DecisionKind
@@ -58,20 +58,20 @@ def decision_dead_letter(
 
 
 async def route_decisions(
-    producer: BatchProducer, topics: TopicNames, events: Sequence[EventT]
+    producer: BatchProducer, topics: TopicNames, messages: Sequence[Message]
 ) -> None:
     """Step one: validate each decision and re-key it by its target onto the anomaly index."""
     wall = datetime.now(UTC)
     out: list[Outgoing] = []
-    for event in events:
-        raw: bytes | None = event.value
+    for msg in messages:
+        raw: bytes | None = msg.value
         try:
             decision = Decision.model_validate_json(raw or b"")
         except ValidationError as exc:
             invalid_json = any(e["type"] == "json_invalid" for e in exc.errors())
             reason = Reason.INVALID_JSON if invalid_json else Reason.SCHEMA
             error = exc.errors(include_url=False)[0]["msg"]
-            out.append(decision_dead_letter(topics, event.message, raw, reason, error, wall))
+            out.append(decision_dead_letter(topics, msg, raw, reason, error, wall))
             continue
         body = orjson.dumps({"decision": decision.model_dump(mode="json")})
         if decision.kind in BREAKER_DECISIONS:
@@ -104,20 +104,19 @@ class DecisionStage(PartitionedStage):
         self.topics = topics
         self.on_anomaly = on_anomaly
 
-    async def process(self, events: Sequence[EventT]) -> None:
+    async def process(self, messages: Sequence[Message]) -> None:
         """Remember the anomalies of a batch and act on its decisions."""
-        await self._baselines({e.message.tp for e in events})
+        await self._baselines({m.tp for m in messages})
         wall = datetime.now(UTC)
         now = time.monotonic()
         store = self.table.data
         touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
         out: list[Outgoing] = []
-        for event in events:
-            msg = event.message
+        for msg in messages:
             if not await self._in_sequence(msg, now):
                 continue
             key: bytes = msg.key
-            body = orjson.loads(event.value)
+            body = orjson.loads(msg.value)
             known = touched.get(key)
             owner = known[1] if known else store.get(key)
             if "anomaly" in body:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from faust.types import EventT, TableT
+from faust.types import Message, TableT
 
 from schemas.anomalies import Anomaly, AnomalyType, Severity
 from schemas.events import OrderDetails
@@ -88,20 +88,19 @@ class DedupeStage(PartitionedStage):
         """The placements key of an order's details (raises ValueError when they are invalid)."""
         return self.rules.fingerprint(OrderDetails.model_validate(details)).encode()
 
-    async def process(self, events: Sequence[EventT]) -> None:
+    async def process(self, messages: Sequence[Message]) -> None:
         """Add a batch of orders to their fingerprint windows; publish the pairs they make."""
-        await self._baselines({e.message.tp for e in events})
+        await self._baselines({m.tp for m in messages})
         wall = datetime.now(UTC)
         wall_us = as_us(wall)
         now = time.monotonic()
         store = self.table.data
         touched: dict[bytes, tuple[int, FingerprintWindow]] = {}
         out: list[Outgoing] = []
-        for event in events:
-            msg = event.message
+        for msg in messages:
             if not await self._in_sequence(msg, now):
                 continue
-            body = orjson.loads(event.value)
+            body = orjson.loads(msg.value)
             if body.get("wm") is not None:
                 # The slowest placements partition sets the clock (each gets every mark).
                 self._marks.observe_us("orders", msg.partition, body["wm"], wall_us)

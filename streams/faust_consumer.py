@@ -8,16 +8,18 @@
    ones are acked) and lost one event in some SIGKILL-restart runs here. Corrected below
    to `min(acked) > committed`.
 
-2. A speed-up (setting `consumer_fastpath`, on by default): an eager first step in the
-   drain loop. Faust's `Consumer._drain_messages` hands every fetched message to the conductor with
-`wait_first(callback(message), suspend_flow.wait())`: four asyncio tasks made and three
-cancelled per message, ~29% of a worker's CPU in profiles. `wait_first` is there so a
-rebalance (flow suspended) can interrupt a callback blocked on a full stream buffer.
-
-Here the callback's coroutine is first stepped inline. In the common case it finishes in
-that step (flow not suspended, buffer not full: decode + put_nowait) and no task is made.
-If it suspends, the half-run coroutine continues under exactly the `wait_first` Faust uses,
-so a rebalance interrupts it as before.
+2. Bulk delivery to the stages. Faust hands each fetched message to its conductor, which
+makes an Event per message and queues it for the agent's stream; the stream then acks each
+one. In profiles that per-message path (drain loop, conductor, stream iteration, take_events,
+acks) cost more than the ingest rules themselves. Here each stage's topics have a
+`RecordInbox`: the drain loop puts every partition's fetched run of records there whole,
+and `serve` hands the stage batches of them and acks each batch once processed. The flow
+and generation checks and the rebalance protocol are Faust's: a run is delivered only while
+flow is active, an inbox is cleared with the stream buffers (`app.flow_control`), and every
+delivered message is pending in `_unacked_messages` until acked, so a rebalance waits for
+the batch in progress (`wait_empty`). Records of other topics (table changelogs) go through
+Faust's conductor as before, each first stepped inline rather than under `wait_first`'s
+four tasks per message.
 
 3. A setting: `fetch_max_wait_ms` (None keeps Faust's 1500 ms). Faust hard-codes how long
 a fetch may wait on the broker for data; a broker that holds every empty fetch that long
@@ -29,25 +31,116 @@ the producer and writes them. A sink that buffers rows of processed events (the 
 warehouse) stores them there, so an offset is never committed ahead of its rows. A callback
 that raises stops the worker (the uncommitted events are processed again after a restart).
 
-Both copied method bodies are Faust 0.15.3's with the one change each; `FAUST_VERSION` guards
-against running them under another release.
+The copied method bodies (`_new_offset`, and the drain loop with `getmany`'s checks) are
+Faust 0.15.3's; `FAUST_VERSION` guards against running them under another release.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, Message
 from faust.utils.functional import consecutive_numbers
 
 FAUST_VERSION = "0.15.3"
 
 BeforeCommit = Callable[[], Awaitable[None]]
+ProcessBatch = Callable[[list[Message]], Awaitable[None]]
+
+log = logging.getLogger(__name__)
+
+
+class RecordInbox:
+    """A stage's fetched records, as runs per partition, waiting for the stage.
+
+    Holds up to about `limit` records (a run is never split); the drain loop waits while it
+    is full. Faust's flow control clears it on a rebalance, with the streams' buffers.
+    """
+
+    def __init__(self, name: str, topics: Iterable[str], limit: int):
+        self.name = name
+        self.topics = frozenset(topics)
+        self.limit = limit
+        self.size = 0
+        self._runs: deque[list[Message]] = deque()
+        self._changed = asyncio.Event()
+
+    @property
+    def full(self) -> bool:
+        """Whether a put must wait for the stage to take records."""
+        return self.size >= self.limit
+
+    def clear(self) -> None:
+        """Drop every waiting run (a rebalance: they are fetched again after the seek)."""
+        self._runs.clear()
+        self.size = 0
+        self._changed.set()
+
+    def put_nowait(self, messages: list[Message]) -> None:
+        """Add one partition's run of messages, in offset order."""
+        self._runs.append(messages)
+        self.size += len(messages)
+        self._changed.set()
+
+    async def put(self, messages: list[Message]) -> None:
+        """Add a run once there is room."""
+        while self.full:
+            self._changed.clear()
+            await self._changed.wait()
+        self.put_nowait(messages)
+
+    async def take(self, max_records: int, within: float) -> list[Message]:
+        """The next batch: runs totalling `max_records` or more, or what came in `within`
+        seconds of the first run."""
+        while not self._runs:
+            self._changed.clear()
+            await self._changed.wait()
+        deadline = time.monotonic() + within
+        while self.size < max_records:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                break
+        batch: list[Message] = []
+        while self._runs and len(batch) < max_records:
+            run = self._runs.popleft()
+            self.size -= len(run)
+            batch += run
+        self._changed.set()
+        return batch
+
+
+async def serve(
+    app: faust.App, inbox: RecordInbox, max_records: int, within: float, process: ProcessBatch
+) -> None:
+    """Run a stage: its inbox's batches through `process`, each acked once processed.
+
+    A batch that raises stops the worker: its records are not acked, so they are processed
+    again after a restart (nothing is skipped to keep going).
+    """
+    while not app.should_stop:
+        batch = await inbox.take(max_records, within)
+        if not batch:
+            continue
+        try:
+            await process(batch)
+        except Exception as exc:
+            log.exception("stage %s failed on a batch of %d records", inbox.name, len(batch))
+            await app.crash(exc)
+            return
+        app.consumer.ack_all(batch)
 
 
 class _Continue:
@@ -90,9 +183,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class ConcordConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, committing only contiguous acks (and optionally eager)."""
+    """Faust's aiokafka consumer: contiguous commits, bulk delivery, a commit hook."""
 
-    eager_drain = True
+    inboxes: Mapping[str, RecordInbox] = {}
     before_commit: tuple[BeforeCommit, ...] = ()
     fetch_max_wait_ms: int | None = None
 
@@ -140,62 +233,28 @@ class ConcordConsumer(faust_aiokafka.Consumer):
         self._acked_index[tp].difference_update(batch)
         return int(batch[-1]) + 1
 
+    def ack_all(self, messages: Iterable[Message]) -> None:
+        """Acknowledge a processed batch (messages held back are already marked acked)."""
+        ack = self.ack
+        for message in messages:
+            ack(message)
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
-        if not self.eager_drain:
-            await super()._drain_messages(fetcher)
-            return
-        callback = self.callback
-        getmany = self.getmany
+        # Faust's loop, fed by `_wait_next_records` directly: a fetched run of records for a
+        # stage's topic goes to that stage's inbox whole; records of other topics (table
+        # changelogs during recovery) go to Faust's conductor one by one, as in Faust.
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-
-        yield_every = 100
-        num_since_yield = 0
-        sleep = asyncio.sleep
-
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
+                records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)
-                if not self.should_stop:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await sleep(0)
-                            num_since_yield = 0
-
-                        offset = message.offset
-                        r_offset = get_read_offset(tp)
-                        if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            coro = cast(Coroutine[Any, Any, Any], callback(message))
-                            try:
-                                waiting_on = coro.send(None)
-                            except StopIteration:
-                                pass
-                            else:
-                                await self.wait_first(
-                                    _Continue(coro, waiting_on), self.suspend_flow.wait()
-                                )
-                            set_read_offset(tp, offset)
-                        else:
-                            self.log.warning(
-                                "dropped %r offset %r: already read up to %r", tp, offset, r_offset
-                            )
-                    unset_flag(CONSUMER_FETCHING)
+                if records and not self.should_stop:
+                    await self._deliver(records, active)
+                unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -212,16 +271,121 @@ class ConcordConsumer(faust_aiokafka.Consumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
+    async def _deliver(self, records: Mapping[TP, list[Any]], active: set[TP] | None) -> None:
+        # Faust's `getmany`, less the per-message generator: the same flow, generation and
+        # active-partition checks, then a run per partition into its stage's inbox.
+        if not self.flow_active:
+            self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+            try:
+                await self.perform_seek()
+            except Exception as ex:
+                self.log.warning(f"exception performing seek when flow not active {ex}")
+            return
+        generation = self.app.consumer_generation_id
+        singles: dict[TP, list[Any]] = {}
+        for tp, run in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            inbox = self.inboxes.get(tp.topic)
+            if inbox is None:
+                singles[tp] = run
+            elif not await self._deliver_run(inbox, tp, run):
+                return
+        if singles:
+            await self._deliver_singly(singles, generation)
+
+    async def _deliver_run(self, inbox: RecordInbox, tp: TP, run: list[Any]) -> bool:
+        # One partition's fetched records to its inbox as one run; False when a rebalance
+        # suspended the flow meanwhile (the run is dropped: it is fetched again after the
+        # seek to the committed offsets, as Faust's cleared stream buffers are).
+        read_offset = self._read_offset.get(tp)
+        acks = self.app.topics.acks_enabled_for(tp.topic)
+        to_message = self._to_message
+        track = self._unacked_messages.add
+        messages = []
+        for record in run:
+            offset = record.offset
+            if read_offset is not None and offset < read_offset:
+                self.log.warning(
+                    "dropped %r offset %r: already read up to %r", tp, offset, read_offset
+                )
+                continue
+            if offset - (read_offset or 0) > 1 and read_offset and acks:
+                await self._add_gap(tp, read_offset + 1, offset)
+            message = to_message(tp, record)
+            track(message)  # pending until acked: a rebalance waits for it (wait_empty)
+            messages.append(message)
+            read_offset = offset
+        if not messages:
+            return True
+        commit_every = self._commit_every
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+        if self.app.flow_control.is_active() and not inbox.full:
+            inbox.put_nowait(messages)
+        else:
+            await self.wait_first(self._put_when_flowing(inbox, messages), self.suspend_flow.wait())
+            if not self.flow_active:
+                return False
+        self._read_offset[tp] = read_offset
+        return True
+
+    async def _put_when_flowing(self, inbox: RecordInbox, messages: list[Message]) -> None:
+        await self.app.flow_control.acquire()
+        await inbox.put(messages)
+
+    async def _deliver_singly(self, records: Mapping[TP, list[Any]], generation: int) -> None:
+        # Faust's drain step per message, with the eager first step of the callback.
+        callback = self.callback
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = self._commit_every
+        num_since_yield = 0
+        for tp, record in self.scheduler.iterate(records):
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return
+            num_since_yield += 1
+            if num_since_yield > 100:
+                await asyncio.sleep(0)
+                num_since_yield = 0
+            message = self._to_message(tp, record)
+            offset = message.offset
+            r_offset = get_read_offset(tp)
+            if r_offset is None or offset >= r_offset:
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                coro = cast(Coroutine[Any, Any, Any], callback(message))
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration:
+                    pass
+                else:
+                    await self.wait_first(_Continue(coro, waiting_on), self.suspend_flow.wait())
+                set_read_offset(tp, offset)
+            else:
+                self.log.warning(
+                    "dropped %r offset %r: already read up to %r", tp, offset, r_offset
+                )
+
 
 def install(
     app: faust.App,
     *,
-    eager_drain: bool,
+    inboxes: Sequence[RecordInbox],
     before_commit: Sequence[BeforeCommit] = (),
     fetch_max_wait_ms: int | None = None,
 ) -> None:
     """Make `app` consume with ConcordConsumer (call before it starts).
 
+    `inboxes`: where each stage's topics are delivered in bulk (see `serve`).
     `before_commit`: coroutine functions awaited, in order, before every offset commit.
     `fetch_max_wait_ms`: the consumer's fetch wait, None for Faust's.
     """
@@ -234,7 +398,7 @@ def install(
         "ConcordConsumer",
         (ConcordConsumer,),
         {
-            "eager_drain": eager_drain,
+            "inboxes": {topic: inbox for inbox in inboxes for topic in inbox.topics},
             "before_commit": tuple(before_commit),
             "fetch_max_wait_ms": fetch_max_wait_ms,
         },
@@ -243,3 +407,5 @@ def install(
         "ConcordTransport", (faust_aiokafka.Transport,), {"Consumer": consumer_cls}
     )
     app.transport = transport_cls(app.conf.broker_consumer, app)
+    for inbox in inboxes:
+        app.flow_control.manage_queue(inbox)  # type: ignore[arg-type]  # cleared like streams

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import EventT, TableT
+from faust.types import Message, TableT
 
 from schemas.anomalies import Anomaly
 from schemas.stages import Source
@@ -87,7 +87,7 @@ class IngestStage(PartitionedStage):
         self.on_anomaly: Callable[[Anomaly], None] = lambda anomaly: None
         self._built_for: int | None = None
 
-    async def process(self, events: Sequence[EventT]) -> None:
+    async def process(self, messages: Sequence[Message]) -> None:
         """Validate, dedupe, link and forward a batch; then persist the touched state."""
         started = time.perf_counter()
         received_at = datetime.now(UTC)
@@ -100,16 +100,15 @@ class IngestStage(PartitionedStage):
         if self.reassigned():
             self.source_time.reset()
         self._ensure_timers()
-        await self._baselines({e.message.tp for e in events})
+        await self._baselines({m.tp for m in messages})
         wall_us = as_us(received_at)
         now = time.monotonic()
         forward: list[tuple[str, dict[str, Any]]] = []
-        for event in events:
-            msg = event.message
+        for msg in messages:
             if not await self._in_sequence(msg, now):
                 continue
             source = self.source_of[msg.topic]
-            raw: bytes | None = event.value
+            raw: bytes | None = msg.value
             decoded = self.rules.decode(raw, source)
             if isinstance(decoded, Rejection):
                 out.append(self._dead(msg, raw, decoded, received_at))

@@ -9,6 +9,7 @@ producer is Faust's, so the offset commit (which flushes it) still waits for the
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,6 +17,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _murmur2_index(key: bytes, count: int) -> int:
+    # murmur2 is pure Python (~4 µs a key); an order's events share one key, so remember it.
+    return (murmur2(key) & 0x7FFFFFFF) % count
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +44,6 @@ class BatchProducer:
         # Sees every record once the broker has it (the ClickHouse feed of outputs).
         self.tap: Callable[[list[Outgoing]], None] | None = None
         self._partitions: dict[str, list[int]] = {}
-        self._by_key: dict[tuple[str, bytes], int] = {}
 
     def _aiokafka(self) -> AIOKafkaProducer:
         # Faust's aiokafka driver owns the producer; this is the one public way in.
@@ -49,15 +55,7 @@ class BatchProducer:
         partitions = await self.partitions(record.topic)
         if record.key is None:
             return random.choice(partitions)
-        cache_key = (record.topic, record.key)
-        partition = self._by_key.get(cache_key)
-        if partition is None:
-            # murmur2 is pure Python; an order's events share one key.
-            partition = self.partition_for_key(record.key, partitions)
-            if len(self._by_key) >= 100_000:
-                self._by_key.clear()
-            self._by_key[cache_key] = partition
-        return partition
+        return self.partition_for_key(record.key, partitions)
 
     async def partitions(self, topic: str) -> list[int]:
         """The topic's partition numbers, from the producer's metadata."""
@@ -70,7 +68,7 @@ class BatchProducer:
     @staticmethod
     def partition_for_key(key: bytes, partitions: list[int]) -> int:
         """Kafka's default partition of a key (murmur2), as every client computes it."""
-        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        return partitions[_murmur2_index(key, len(partitions))]
 
     async def key_partition(self, topic: str, key: bytes) -> int:
         """The partition of `topic` that `key` goes to."""

@@ -1,0 +1,123 @@
+"""Concord's consumer (streams.faust_consumer) without a broker: the before-commit hook and
+the stages' record inboxes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+import pytest
+from faust.transport import consumer as faust_consumer_base
+from faust.types import TP
+
+from streams import faust_consumer
+
+
+def consumer_with(*callbacks: Any) -> Any:
+    app = faust.App("t-before-commit", broker="kafka://127.0.0.1:1")
+    faust_consumer.install(app, inboxes=[], before_commit=callbacks)
+    consumer_cls = app.transport.Consumer
+    assert consumer_cls.before_commit == callbacks
+    return object.__new__(consumer_cls)  # only _commit_offsets is exercised
+
+
+async def test_callbacks_run_before_faust_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+
+    async def faust_commit(self: Any, offsets: Mapping[TP, int], **kwargs: Any) -> bool:
+        calls.append(("commit", dict(offsets)))
+        return True
+
+    async def flush_a() -> None:
+        calls.append("a")
+
+    async def flush_b() -> None:
+        calls.append("b")
+
+    monkeypatch.setattr(faust_consumer_base.Consumer, "_commit_offsets", faust_commit)
+    consumer = consumer_with(flush_a, flush_b)
+    tp = TP("t", 0)
+    assert await consumer._commit_offsets({tp: 5}) is True
+    assert calls == ["a", "b", ("commit", {tp: 5})]
+
+
+async def test_a_failing_callback_stops_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    committed: list[Any] = []
+
+    async def faust_commit(self: Any, offsets: Mapping[TP, int], **kwargs: Any) -> bool:
+        committed.append(offsets)
+        return True
+
+    async def broken() -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faust_consumer_base.Consumer, "_commit_offsets", faust_commit)
+    with pytest.raises(OSError, match="disk full"):
+        await consumer_with(broken)._commit_offsets({TP("t", 0): 5})
+    assert committed == []
+
+
+def test_no_callbacks_by_default() -> None:
+    app = faust.App("t-before-commit-default", broker="kafka://127.0.0.1:1")
+    faust_consumer.install(app, inboxes=[])
+    assert app.transport.Consumer.before_commit == ()
+
+
+def test_each_stage_topic_is_delivered_to_its_inbox_and_cleared_with_the_streams() -> None:
+    app = faust.App("t-inboxes", broker="kafka://127.0.0.1:1")
+    ingest = faust_consumer.RecordInbox("ingest", ["erp", "crm"], limit=10)
+    orders = faust_consumer.RecordInbox("orders", ["normalized"], limit=10)
+    faust_consumer.install(app, inboxes=[ingest, orders])
+    assert app.transport.Consumer.inboxes == {"erp": ingest, "crm": ingest, "normalized": orders}
+    ingest.put_nowait(["m1", "m2"])  # type: ignore[list-item]
+    app.flow_control.clear()  # what a rebalance does to the streams' buffers
+    assert ingest.size == 0
+
+
+async def test_an_inbox_batches_whole_runs_in_order() -> None:
+    inbox = faust_consumer.RecordInbox("s", ["t"], limit=100)
+    inbox.put_nowait([1, 2, 3])  # type: ignore[list-item]
+    inbox.put_nowait([4, 5])  # type: ignore[list-item]
+    inbox.put_nowait([6])  # type: ignore[list-item]
+    # Runs are never split: the batch reaches its size with the run that crosses it.
+    assert await inbox.take(4, within=5.0) == [1, 2, 3, 4, 5]
+    assert inbox.size == 1
+    # Fewer than the size: what came within the wait.
+    assert await inbox.take(4, within=0.01) == [6]
+    assert inbox.size == 0
+
+
+async def test_an_inbox_waits_for_its_first_run_then_lingers_for_more() -> None:
+    inbox = faust_consumer.RecordInbox("s", ["t"], limit=100)
+    taking = asyncio.ensure_future(inbox.take(3, within=5.0))
+    await asyncio.sleep(0.01)
+    assert not taking.done()  # nothing yet
+    inbox.put_nowait([1])  # type: ignore[list-item]
+    await asyncio.sleep(0.01)
+    assert not taking.done()  # lingering for the rest of the batch
+    inbox.put_nowait([2, 3])  # type: ignore[list-item]
+    assert await asyncio.wait_for(taking, 1.0) == [1, 2, 3]
+
+
+async def test_a_full_inbox_holds_the_put_until_the_stage_takes() -> None:
+    inbox = faust_consumer.RecordInbox("s", ["t"], limit=3)
+    inbox.put_nowait([1, 2, 3])  # type: ignore[list-item]
+    assert inbox.full
+    putting = asyncio.ensure_future(inbox.put([4]))  # type: ignore[list-item]
+    await asyncio.sleep(0.01)
+    assert not putting.done()
+    assert await inbox.take(3, within=0.0) == [1, 2, 3]
+    await asyncio.wait_for(putting, 1.0)
+    assert await inbox.take(3, within=0.0) == [4]
+
+
+async def test_a_cleared_inbox_lets_a_waiting_put_in() -> None:
+    inbox = faust_consumer.RecordInbox("s", ["t"], limit=1)
+    inbox.put_nowait([1])  # type: ignore[list-item]
+    putting = asyncio.ensure_future(inbox.put([2]))  # type: ignore[list-item]
+    await asyncio.sleep(0.01)
+    inbox.clear()
+    await asyncio.wait_for(putting, 1.0)
+    assert await inbox.take(5, within=0.0) == [2]
