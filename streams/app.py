@@ -164,21 +164,22 @@ def create_app(settings: Settings) -> faust.App:
         app.task(run)
 
     batch_max = settings.ingest_batch_max
-    stage("ingest", list(names.sources.values()), batch_max, ingest.process)
-    stage("orders", [names.normalized], batch_max, orders.process)
-    stage("dedupe", [names.placements], batch_max, dedupe.process)
+    stage("ingest", list(names.sources.values()), batch_max, ingest.run_batch)
+    stage("orders", [names.normalized], batch_max, orders.run_batch)
+    stage("dedupe", [names.placements], batch_max, dedupe.run_batch)
     stage(
         "decisions",
         [names.decisions],
         100,
         lambda batch: route_decisions(decisions.producer, names, batch),
     )
-    stage("anomaly-index", [names.anomaly_index], 1000, decisions.process)
-    stage("breaker", [names.breaker], 1000, breaker.process, partitions=1)
+    stage("anomaly-index", [names.anomaly_index], 1000, decisions.run_batch)
+    stage("breaker", [names.breaker], 1000, breaker.run_batch, partitions=1)
     faust_consumer.install(
         app,
         inboxes=inboxes,
-        before_commit=[warehouse.before_commit],
+        # Per-order states first, then the ClickHouse rows: both before the offsets.
+        before_commit=[orders.before_commit, warehouse.before_commit],
         fetch_max_wait_ms=tansu.fetch_max_wait_ms(settings),
     )
 

@@ -93,7 +93,7 @@ class BreakerStage(PartitionedStage):
         out: list[Outgoing] = []
         partition = 0
         for msg in messages:
-            if not await self._in_sequence(msg, now):
+            if not self._in_sequence(msg, now):
                 continue
             partition = msg.partition
             body = orjson.loads(msg.value)

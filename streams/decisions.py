@@ -113,7 +113,7 @@ class DecisionStage(PartitionedStage):
         touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
         out: list[Outgoing] = []
         for msg in messages:
-            if not await self._in_sequence(msg, now):
+            if not self._in_sequence(msg, now):
                 continue
             key: bytes = msg.key
             body = orjson.loads(msg.value)

@@ -98,7 +98,7 @@ class DedupeStage(PartitionedStage):
         touched: dict[bytes, tuple[int, FingerprintWindow]] = {}
         out: list[Outgoing] = []
         for msg in messages:
-            if not await self._in_sequence(msg, now):
+            if not self._in_sequence(msg, now):
                 continue
             body = orjson.loads(msg.value)
             if body.get("wm") is not None:

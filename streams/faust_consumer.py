@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable,
 from typing import Any, cast
 
 import faust
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from faust.utils.functional import consecutive_numbers
@@ -61,8 +61,11 @@ log = logging.getLogger(__name__)
 class RecordInbox:
     """A stage's fetched records, as runs per partition, waiting for the stage.
 
-    Holds up to about `limit` records (a run is never split); the drain loop waits while it
-    is full. Faust's flow control clears it on a rebalance, with the streams' buffers.
+    Holds about `limit` records (a run is never split). A partition whose run finds it full
+    is paused (no more fetches for it, as Faust pauses a partition whose stream buffer is
+    full) and resumed once the stage has taken records, so one busy stage never holds up
+    the delivery to the others. Faust's flow control clears it on a rebalance, with the
+    streams' buffers.
     """
 
     def __init__(self, name: str, topics: Iterable[str], limit: int):
@@ -72,6 +75,7 @@ class RecordInbox:
         self.size = 0
         self._runs: deque[list[Message]] = deque()
         self._changed = asyncio.Event()
+        self._paused: dict[TP, Callable[[TP], None]] = {}
 
     @property
     def full(self) -> bool:
@@ -79,23 +83,23 @@ class RecordInbox:
         return self.size >= self.limit
 
     def clear(self) -> None:
-        """Drop every waiting run (a rebalance: they are fetched again after the seek)."""
+        """Drop every waiting run (a rebalance: they are fetched again after the seek).
+
+        Paused partitions are forgotten, not resumed: the new assignment fetches from all."""
         self._runs.clear()
+        self._paused.clear()
         self.size = 0
         self._changed.set()
+
+    def pause(self, tp: TP, resume: Callable[[TP], None]) -> None:
+        """Note that `tp` is paused while the inbox is full; `resume(tp)` once it is not."""
+        self._paused[tp] = resume
 
     def put_nowait(self, messages: list[Message]) -> None:
         """Add one partition's run of messages, in offset order."""
         self._runs.append(messages)
         self.size += len(messages)
         self._changed.set()
-
-    async def put(self, messages: list[Message]) -> None:
-        """Add a run once there is room."""
-        while self.full:
-            self._changed.clear()
-            await self._changed.wait()
-        self.put_nowait(messages)
 
     async def take(self, max_records: int, within: float) -> list[Message]:
         """The next batch: runs totalling `max_records` or more, or what came in `within`
@@ -119,6 +123,10 @@ class RecordInbox:
             self.size -= len(run)
             batch += run
         self._changed.set()
+        if self._paused and not self.full:
+            paused, self._paused = self._paused, {}
+            for tp, resume in paused.items():
+                resume(tp)
         return batch
 
 
@@ -299,7 +307,8 @@ class ConcordConsumer(faust_aiokafka.Consumer):
     async def _deliver_run(self, inbox: RecordInbox, tp: TP, run: list[Any]) -> bool:
         # One partition's fetched records to its inbox as one run; False when a rebalance
         # suspended the flow meanwhile (the run is dropped: it is fetched again after the
-        # seek to the committed offsets, as Faust's cleared stream buffers are).
+        # seek to the committed offsets, as Faust's cleared stream buffers are). A full inbox
+        # takes the run and pauses the partition: the loop goes on to the other stages.
         read_offset = self._read_offset.get(tp)
         acks = self.app.topics.acks_enabled_for(tp.topic)
         to_message = self._to_message
@@ -324,18 +333,17 @@ class ConcordConsumer(faust_aiokafka.Consumer):
         if commit_every is not None and self._n_acked >= commit_every:
             self._n_acked = 0
             await self.commit()
-        if self.app.flow_control.is_active() and not inbox.full:
-            inbox.put_nowait(messages)
-        else:
-            await self.wait_first(self._put_when_flowing(inbox, messages), self.suspend_flow.wait())
+        if not self.app.flow_control.is_active():
+            await self.wait_first(self.app.flow_control.acquire(), self.suspend_flow.wait())
             if not self.flow_active:
                 return False
+        inbox.put_nowait(messages)
+        if inbox.full and not self.app.in_recovery:
+            paused = ensure_TP(tp)  # Faust's own TP in its partition sets
+            self.on_buffer_full(paused)  # no more fetches for it until the stage takes records
+            inbox.pause(paused, self.on_buffer_drop)
         self._read_offset[tp] = read_offset
         return True
-
-    async def _put_when_flowing(self, inbox: RecordInbox, messages: list[Message]) -> None:
-        await self.app.flow_control.acquire()
-        await inbox.put(messages)
 
     async def _deliver_singly(self, records: Mapping[TP, list[Any]], generation: int) -> None:
         # Faust's drain step per message, with the eager first step of the callback.

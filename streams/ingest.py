@@ -105,7 +105,7 @@ class IngestStage(PartitionedStage):
         now = time.monotonic()
         forward: list[tuple[str, dict[str, Any]]] = []
         for msg in messages:
-            if not await self._in_sequence(msg, now):
+            if not self._in_sequence(msg, now):
                 continue
             source = self.source_of[msg.topic]
             raw: bytes | None = msg.value

@@ -59,10 +59,12 @@ log = logging.getLogger(__name__)
 
 _SOURCES = {s.value: s for s in Source}
 
-# Orders kept decoded after their batch (most recently touched first to stay): an order's
-# next event then skips decoding its state, the larger part of a batch's cost per order.
-# The table stays the truth; this is dropped at every assignment.
+# Orders kept decoded once written (most recently touched stay): an order's next event then
+# skips decoding its state. The table stays the truth; this is dropped at every assignment.
 DECODED_ORDERS_KEPT = 20_000
+# Orders changed and not yet written: past this many they are written at once, not only
+# before the next offset commit.
+UNWRITTEN_ORDERS_MAX = 20_000
 
 
 def stored(value: bytes | None) -> dict[str, Any] | None:
@@ -148,7 +150,13 @@ class OrderStage(PartitionedStage):
         self.lock = asyncio.Lock()  # the agent and the timers never interleave on one state
         self._built_for: int | None = None
         self._partitions: list[int] = []
+        # Orders changed since their state was last written (table + changelog), and those of
+        # them the current batch changed. States are written before every offset commit
+        # (`before_commit`), not after every batch: an order that several batches change
+        # between two commits is encoded and written once.
         self._touched: dict[bytes, OrderEntry] = {}
+        self._changed: dict[bytes, OrderEntry] = {}
+        self._unwritten_new = 0  # orders among them that the table does not hold yet
         self._decoded: dict[bytes, OrderEntry] = {}  # least recently touched first
         self._intake: dict[int, IntakeCounts] = {}
         self._outcomes: Counter[Outcome] = Counter()
@@ -171,7 +179,7 @@ class OrderStage(PartitionedStage):
             wall_us = as_us(wall)
             now = time.monotonic()
             for msg in messages:
-                if not await self._in_sequence(msg, now):
+                if not self._in_sequence(msg, now):
                     continue
                 body = orjson.loads(msg.value)
                 if "events" in body:
@@ -321,6 +329,9 @@ class OrderStage(PartitionedStage):
                 metrics.REFRESH_SKEW.labels(obs.target.value).inc()
 
     def _entry(self, key: bytes, partition: int | None = None) -> OrderEntry:
+        entry = self._changed.get(key)
+        if entry is not None:
+            return entry
         entry = self._touched.get(key)
         if entry is None:
             entry = self._decoded.pop(key, None)
@@ -329,7 +340,9 @@ class OrderStage(PartitionedStage):
                 if partition is None:
                     partition = self._partition_of(key)
                 entry = OrderEntry.from_json(partition, key.decode(), raw)
+                self._unwritten_new += raw is None
             self._touched[key] = entry
+        self._changed[key] = entry
         return entry
 
     def _evaluate(self, entry: OrderEntry, now: datetime, wall: datetime) -> None:
@@ -373,13 +386,34 @@ class OrderStage(PartitionedStage):
             self.phones.setdefault(new, set()).add(order_id)
 
     async def _flush(self) -> None:
-        # Outputs first, then the states that record them: a crash repeats an anomaly (its id
-        # is deterministic, consumers dedupe) but never loses one.
+        # Outputs first, then (at the latest before the offset commit) the states that
+        # record them: a crash repeats an anomaly (its id is deterministic, consumers dedupe)
+        # but never loses one.
         await self._mark_placements()
         out, self._out = self._out, []
-        touched, self._touched = self._touched, {}
+        changed, self._changed = self._changed, {}
         if out:
             await self.producer.send(out)
+        if len(self._touched) > UNWRITTEN_ORDERS_MAX:
+            await self._write_states()
+        if self.warehouse is not None:
+            self.warehouse.order_states(
+                (e.state, bool(e.state.consistent)) for e in changed.values() if not e.evict
+            )
+            self._snapshot_kpis()
+        self._publish_gauges()
+
+    async def before_commit(self) -> None:
+        """Write every changed order's state before offsets are committed (a commit hook)."""
+        async with self.lock:
+            await self._write_states()
+
+    async def _write_states(self) -> None:
+        # Each changed order once, on its own changelog partition; under the lock.
+        touched, self._touched = self._touched, {}
+        self._unwritten_new = 0
+        if not touched:
+            return
         states = {key: (e.partition, e.to_json()) for key, e in touched.items()}
         written = await self._persist(states)
         decoded = self._decoded
@@ -393,12 +427,6 @@ class OrderStage(PartitionedStage):
         kept = sum(v is not None for _, v in states.values())
         if kept:
             metrics.ORDER_STATE_BYTES.set(written / kept)
-        if self.warehouse is not None:
-            self.warehouse.order_states(
-                (e.state, bool(e.state.consistent)) for e in touched.values() if not e.evict
-            )
-            self._snapshot_kpis()
-        self._publish_gauges()
 
     async def _mark_placements(self) -> None:
         # After this batch's placements, on every placements partition: the dedupe stage's
@@ -455,6 +483,7 @@ class OrderStage(PartitionedStage):
             if watermark is None:
                 return 0
             retention = self.settings.order_retention
+            await self._write_states()  # the table is then current for the scan below
             for key, state, ghosts in self._held():
                 if ghosts.book.has_open or not is_evictable(state, watermark, retention):
                     continue
@@ -466,6 +495,7 @@ class OrderStage(PartitionedStage):
                     self._index_phone(state.order_id, state.facts.phone_hash, None)
             evicted = len(self._touched)
             await self._flush()
+            await self._write_states()
             if evicted:
                 log.info("evicted %d finished orders past %s", evicted, retention)
             return evicted
@@ -477,6 +507,11 @@ class OrderStage(PartitionedStage):
         if generation == self._built_for:
             return
         self._built_for = generation
+        # Orders changed since the last commit belong to offsets not committed: the new
+        # assignment delivers those events again, onto the states in the table.
+        self._touched.clear()
+        self._changed.clear()
+        self._unwritten_new = 0
         self._decoded.clear()
         mine = {tp.partition for tp in self.assigned()}
         self._partitions = await self._partition_count()
@@ -555,7 +590,7 @@ class OrderStage(PartitionedStage):
         routing = self.routing_rate.counts()
         return {
             "watermark": None if watermark is None else watermark.isoformat(),
-            "orders_tracked": len(self.table.data),
+            "orders_tracked": self._orders_tracked(),
             "refresh_latency_seconds": latency,
             "consistency": {
                 "ratio": counts.ratio,
@@ -574,10 +609,15 @@ class OrderStage(PartitionedStage):
 
     def order_view(self, order_id: str) -> dict[str, Any] | None:
         """The cross-system view of one order this worker owns, None when unknown."""
-        raw = stored(self.table.data.get(raw_key(order_id)))
-        if raw is None:
+        key = raw_key(order_id)
+        entry = self._touched.get(key)  # changed since its state was last written
+        if entry is None:
+            raw = stored(self.table.data.get(key))
+            if raw is None:
+                return None
+            entry = OrderEntry.from_json(0, order_id, raw)
+        elif entry.evict:
             return None
-        entry = OrderEntry.from_json(0, order_id, raw)
         return order_view(entry.state, entry.ghosts, self.watermark.value)
 
     def orders_by_phone(self, phone_hash: str) -> list[dict[str, Any]]:
@@ -618,7 +658,11 @@ class OrderStage(PartitionedStage):
         for labels, n in now_open.items():
             metrics.OPEN_ANOMALIES.labels(*labels).set(n)
         self._gauged = set(now_open)
-        metrics.ORDERS_TRACKED.set(len(self.table.data))
+        metrics.ORDERS_TRACKED.set(self._orders_tracked())
+
+    def _orders_tracked(self) -> int:
+        # The table, and the new orders not written to it yet.
+        return len(self.table.data) + self._unwritten_new
 
 
 def order_view(state: OrderState, ghosts: GhostState, watermark: datetime | None) -> dict[str, Any]:

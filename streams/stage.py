@@ -2,14 +2,15 @@
 written once per key per batch on the key's own changelog partition.
 
 A stage subclasses `PartitionedStage`, calls `_baselines` then `_in_sequence` for each record
-of a batch, and hands the states it touched to `_persist` after its outputs are acknowledged.
+of a batch in its `process`, and hands the states it touched to `_persist` after its outputs
+are acknowledged. The worker runs each batch through `run_batch`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -51,6 +52,7 @@ class PartitionedStage:
         self.changelog = table.changelog_topic.get_topic_name()
         self.producer = BatchProducer(app)
         self.continuity: OffsetContinuity[Any] = OffsetContinuity()
+        self._rewinds: dict[Any, tuple[int, str]] = {}
         self._generation: int | None = None
 
     def reassigned(self) -> bool:
@@ -121,18 +123,32 @@ class PartitionedStage:
             Outgoing(topic, None, value, None, p) for p in await self.producer.partitions(topic)
         ]
 
-    async def _in_sequence(self, msg: Any, now: float) -> bool:
+    def _in_sequence(self, msg: Any, now: float) -> bool:
+        # Synchronous: it runs for every record. A rewind it asks for is done once the batch
+        # is through (`run_batch`) (later records of the partition are held
+        # back meanwhile, as they are past the same gap).
         verdict = self.continuity.admit(msg.tp, msg.offset, now)
         if verdict.admit is Admit.PROCESS:
             return True
         if verdict.admit is Admit.REWIND:
             assert verdict.rewind_to is not None
-            await self._rewind(msg.tp, verdict.rewind_to, f"offset {msg.offset} arrived")
+            self._rewinds[msg.tp] = (verdict.rewind_to, f"offset {msg.offset} arrived")
         # Held back: marked acknowledged so the batch ack does not record it (the offset
         # commit must not pass the gap); the rewound fetch delivers it again.
         msg.acked = True
         self.app.consumer._unacked_messages.discard(msg)
         return False
+
+    async def process(self, messages: Sequence[Any]) -> None:
+        """Apply one batch of the stage's input records (each stage's own)."""
+        raise NotImplementedError
+
+    async def run_batch(self, messages: Sequence[Any]) -> None:
+        """`process` a batch, then rewind the partitions whose records it held back."""
+        await self.process(messages)
+        rewinds, self._rewinds = self._rewinds, {}
+        for tp, (offset, why) in rewinds.items():
+            await self._rewind(tp, offset, why)
 
     async def _rewind(self, tp: Any, offset: int, why: str) -> None:
         log.warning("%s: rewinding to expected offset %d (%s)", tp, offset, why)

@@ -40,6 +40,9 @@ class Verdict:
     rewind_to: int | None = None
 
 
+_PROCESS = Verdict(Admit.PROCESS)  # the verdict for almost every record: made once
+
+
 class OffsetContinuity(Generic[Partition]):
     """Per partition, the next offset expected; jumps ahead become rewinds."""
 
@@ -81,10 +84,10 @@ class OffsetContinuity(Generic[Partition]):
             self._expected[partition] = offset + 1
             self._rewinding.pop(partition, None)
             self._progress[partition] = now
-            return Verdict(Admit.PROCESS)
+            return _PROCESS
         if offset < expected:
             # A redelivery (after a rewind or rebalance): processing is idempotent.
-            return Verdict(Admit.PROCESS)
+            return _PROCESS
         return self._jump(partition, expected, offset + 1, now, Admit.HOLD)
 
     def audit(self, partition: Partition, position: int | None, now: float) -> Verdict:

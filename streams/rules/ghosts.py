@@ -364,6 +364,10 @@ class TimerWheel:
     Bounded: past `max_entries` scheduled orders, the farthest tenth is dropped (counted in
     `dropped`; `GhostState.next_us` keeps each order's deadline, so a table scan can rebuild
     them); holds past `max_entries` are dropped the same way.
+
+    Moving a deadline later pushes nothing: the heap keeps the earlier entry, which is moved
+    to the current deadline when it reaches the top (an order rescheduled on each of its
+    events, as before event time starts, then costs no heap growth).
     """
 
     __slots__ = ("_at", "_heap", "_held", "dropped", "max_entries")
@@ -404,9 +408,13 @@ class TimerWheel:
         if at_us is None:
             self._at.pop(order_id, None)
             return
-        if self._at.get(order_id) == at_us:
+        current = self._at.get(order_id)
+        if current == at_us:
             return
         self._at[order_id] = at_us
+        if current is not None and current < at_us:
+            # Later: the heap's entry for `current` (or an earlier one) stands in for it.
+            return
         heapq.heappush(self._heap, (at_us, order_id))
         if len(self._at) > self.max_entries:
             self._shed()
@@ -424,11 +432,18 @@ class TimerWheel:
         limit = as_us(watermark)
         out: list[Due] = []
         heap = self._heap
+        deadlines = self._at
         while heap and heap[0][0] <= limit:
-            at_us, order_id = heapq.heappop(heap)
-            if self._at.get(order_id) == at_us:
-                del self._at[order_id]
+            at_us, order_id = heap[0]
+            current = deadlines.get(order_id)
+            if current == at_us:
+                heapq.heappop(heap)
+                del deadlines[order_id]
                 out.append(Due(order_id, from_us(at_us)))
+            elif current is None or current < at_us:
+                heapq.heappop(heap)  # stale: cancelled, or an earlier entry was pushed
+            else:
+                heapq.heapreplace(heap, (current, order_id))  # moved later meanwhile
         return out
 
     def hold(self, order_id: str, source: Source) -> None:
@@ -493,9 +508,17 @@ class TimerWheel:
         return wheel
 
     def _skip_stale(self) -> None:
+        # Until the top entry is a current deadline (see `due`).
         heap = self._heap
-        while heap and self._at.get(heap[0][1]) != heap[0][0]:
-            heapq.heappop(heap)
+        while heap:
+            at_us, order_id = heap[0]
+            current = self._at.get(order_id)
+            if current == at_us:
+                return
+            if current is None or current < at_us:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (current, order_id))
 
     def _compact(self) -> None:
         self._heap = [(at, o) for o, at in self._at.items()]

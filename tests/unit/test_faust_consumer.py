@@ -101,23 +101,29 @@ async def test_an_inbox_waits_for_its_first_run_then_lingers_for_more() -> None:
     assert await asyncio.wait_for(taking, 1.0) == [1, 2, 3]
 
 
-async def test_a_full_inbox_holds_the_put_until_the_stage_takes() -> None:
-    inbox = faust_consumer.RecordInbox("s", ["t"], limit=3)
+async def test_a_full_inbox_resumes_its_paused_partitions_once_the_stage_takes() -> None:
+    inbox = faust_consumer.RecordInbox("s", ["t"], limit=4)
+    resumed: list[TP] = []
     inbox.put_nowait([1, 2, 3])  # type: ignore[list-item]
+    inbox.put_nowait([4, 5])  # type: ignore[list-item]
+    inbox.put_nowait([6, 7])  # type: ignore[list-item]
     assert inbox.full
-    putting = asyncio.ensure_future(inbox.put([4]))  # type: ignore[list-item]
-    await asyncio.sleep(0.01)
-    assert not putting.done()
-    assert await inbox.take(3, within=0.0) == [1, 2, 3]
-    await asyncio.wait_for(putting, 1.0)
-    assert await inbox.take(3, within=0.0) == [4]
+    inbox.pause(TP("t", 0), resumed.append)  # what the drain loop does on a full inbox
+    inbox.pause(TP("t", 1), resumed.append)
+    assert await inbox.take(2, within=0.0) == [1, 2, 3]
+    assert resumed == []  # still full (4 records left)
+    assert await inbox.take(2, within=0.0) == [4, 5]
+    assert resumed == [TP("t", 0), TP("t", 1)]
+    assert await inbox.take(2, within=0.0) == [6, 7]
+    assert resumed == [TP("t", 0), TP("t", 1)]  # once each
 
 
-async def test_a_cleared_inbox_lets_a_waiting_put_in() -> None:
+async def test_a_cleared_inbox_forgets_its_paused_partitions() -> None:
     inbox = faust_consumer.RecordInbox("s", ["t"], limit=1)
+    resumed: list[TP] = []
     inbox.put_nowait([1])  # type: ignore[list-item]
-    putting = asyncio.ensure_future(inbox.put([2]))  # type: ignore[list-item]
-    await asyncio.sleep(0.01)
-    inbox.clear()
-    await asyncio.wait_for(putting, 1.0)
-    assert await inbox.take(5, within=0.0) == [2]
+    inbox.pause(TP("t", 0), resumed.append)
+    inbox.clear()  # a rebalance: the new assignment fetches every partition again
+    inbox.put_nowait([2])  # type: ignore[list-item]
+    assert await inbox.take(1, within=0.0) == [2]
+    assert resumed == []

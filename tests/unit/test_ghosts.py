@@ -791,6 +791,48 @@ def test_timer_wheel_is_bounded() -> None:
         TimerWheel(0)
 
 
+wheel_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("schedule"), st.sampled_from("abcde"), st.integers(0, 40)),
+        st.tuples(st.just("cancel"), st.sampled_from("abcde"), st.none()),
+        st.tuples(st.just("due"), st.none(), st.integers(0, 40)),
+    ),
+    max_size=60,
+)
+
+
+@given(wheel_ops)
+@settings(max_examples=300, deadline=None)
+def test_timer_wheel_matches_one_deadline_per_order(ops: list[tuple[str, Any, Any]]) -> None:
+    # The model: a dict of deadlines; `due` pops those at or before the watermark, earliest
+    # first (ties by order id). The wheel must agree however deadlines moved in between.
+    wheel, model = TimerWheel(), {}
+    for op, order, minutes in ops:
+        if op == "schedule":
+            wheel.schedule(order, T0 + minutes * MIN)
+            model[order] = T0 + minutes * MIN
+        elif op == "cancel":
+            wheel.cancel(order)
+            model.pop(order, None)
+        else:
+            limit = T0 + minutes * MIN
+            expected = sorted((at, o) for o, at in model.items() if at <= limit)
+            assert wheel.due(limit) == [Due(o, at) for at, o in expected]
+            for _, o in expected:
+                del model[o]
+        assert len(wheel) == len(model)
+        assert wheel.next_at == min(model.values(), default=None)
+
+
+def test_timer_wheel_moving_a_deadline_later_does_not_grow_the_heap() -> None:
+    wheel = TimerWheel()
+    for i in range(1000):  # an order rescheduled at each of its events, as event time starts
+        wheel.schedule("o", T0 + i * SEC)
+    assert len(wheel._heap) == 1
+    assert wheel.due(T0 + 500 * SEC) == []
+    assert wheel.due(T0 + 999 * SEC) == [Due("o", T0 + 999 * SEC)]
+
+
 def test_timer_wheel_holds_and_releases_orders_per_source() -> None:
     wheel = TimerWheel()
     wheel.hold("a", CRM)
