@@ -1,0 +1,106 @@
+"""Two workers in one group: a second worker joins mid-stream, then leaves (two rebalances).
+
+Every record a stage had taken when its partitions moved is either processed and committed
+by the old owner or delivered again to the new one: nothing is lost, the re-send check keeps
+anything from being forwarded twice, the per-order states written at the hand-over carry on,
+and an order lookup answers on either worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.feeds import build_feed
+from tests.integration.harness import WorkerProcess, normalized_events, produce, read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ORDERS = 2000
+
+
+def _population(worker: WorkerProcess) -> int:
+    kpis = httpx.get(worker.url("/kpis"), timeout=10).json()
+    return int(kpis["consistency"]["population"])
+
+
+def _wait_for(what: str, check, workers: list[WorkerProcess], within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except httpx.HTTPError as exc:
+            last = exc
+        if last is True:
+            return
+        time.sleep(1)
+    logs = "\n".join(w.log_tail(30) for w in workers)
+    raise AssertionError(f"{what}: never true (last {last!r})\n{logs}")
+
+
+def _lookups_answer(worker: WorkerProcess, order_ids: list[str]) -> bool:
+    for order_id in order_ids:
+        response = httpx.get(worker.url(f"/orders/{order_id}"), timeout=10)
+        if response.status_code != 200:
+            return False
+        systems = response.json()["systems"]
+        # Each order: ERP confirmed, the CRM thread linked (held events included), the WMS.
+        if systems["erp"].get("stage") != "confirmed" or systems["crm"].get("stage") is None:
+            return False
+        if not systems["wms"]["reported"]:
+            return False
+    return True
+
+
+def test_a_worker_joining_and_leaving_mid_stream_loses_nothing(
+    broker, spawn, prefix, workers, tmp_path: Path
+):
+    bootstrap = f"127.0.0.1:{broker.port}"
+    feed = build_feed(prefix, orders=ORDERS)
+    alone = {"CONCORD_CLICKHOUSE_ENABLED": "false"}  # one embedded ClickHouse per data dir
+    first = spawn(**alone)
+    half = len(feed.records) // 2
+    asyncio.run(produce(bootstrap, feed.records[:half]))
+
+    # The rest is published while the second worker joins and the partitions move.
+    publisher = threading.Thread(
+        target=lambda: asyncio.run(produce(bootstrap, feed.records[half:]))
+    )
+    publisher.start()
+    second = spawn(CONCORD_DATA_DIR=str(tmp_path / "second"), **alone)
+    publisher.join()
+
+    records = asyncio.run(
+        read_all(
+            bootstrap,
+            [f"{prefix}.normalized"],
+            until=lambda rs: len(normalized_events(rs)) >= len(feed.expected),
+            within=120,
+        )
+    )
+    forwarded = Counter((e["source"], e["event_id"]) for _, e in normalized_events(records))
+    assert set(forwarded) == set(feed.expected)  # nothing lost
+    assert max(forwarded.values()) == 1  # nothing forwarded twice
+
+    both = [first, second]
+    _wait_for(
+        "each order on exactly one of the two workers",
+        lambda: _population(first) + _population(second) == ORDERS
+        and min(_population(first), _population(second)) > 0,
+        both,
+    )
+    sample = [f"SO{i:06d}" for i in range(0, ORDERS, 97)]
+    for worker in both:  # a lookup of the other worker's order is routed to it
+        _wait_for("every sampled order answers", lambda w=worker: _lookups_answer(w, sample), both)
+
+    # The second worker leaves: its states, written at the hand-over, come back to the first.
+    assert second.stop() == 0
+    _wait_for("the first worker holds every order", lambda: _population(first) == ORDERS, both)
+    assert _lookups_answer(first, sample)
