@@ -92,8 +92,10 @@ def test_a_worker_joining_and_leaving_mid_stream_loses_nothing(
     both = [first, second]
     _wait_for(
         "each order on exactly one of the two workers",
-        lambda: _population(first) + _population(second) == ORDERS
-        and min(_population(first), _population(second)) > 0,
+        lambda: (
+            _population(first) + _population(second) == ORDERS
+            and min(_population(first), _population(second)) > 0
+        ),
         both,
     )
     sample = [f"SO{i:06d}" for i in range(0, ORDERS, 97)]
