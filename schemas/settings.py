@@ -20,6 +20,9 @@ from streams.rules.scorecard import zone_name
 
 CONFIG_FILE_ENV = "CONCORD_CONFIG"
 
+# The worker's stages, in pipeline order (streams/app.py).
+STAGES = ("ingest", "orders", "dedupe", "decisions", "anomaly-index", "breaker")
+
 
 class Settings(BaseSettings):
     """Concord's settings. Every field can be set as CONCORD_<NAME> or in the YAML file."""
@@ -67,6 +70,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     ingest_batch_max: int = Field(default=5000, ge=1, le=100_000)
     ingest_batch_within: float = Field(default=0.5, gt=0, le=60)
+    stages: str = Field(
+        default="all",
+        description="The stages this worker runs: all, or some of "
+        + ", ".join(STAGES)
+        + " (comma separated). Workers running another set need an app_id of their own",
+    )
     allowed_lateness: timedelta = Field(
         default=timedelta(minutes=2),
         description="How late an event may arrive before the watermark has passed it",
@@ -110,6 +119,20 @@ class Settings(BaseSettings):
             raise ValueError("must start with kafka:// (e.g. kafka://127.0.0.1:9092)")
         return value
 
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: str) -> str:
+        names = {name.strip() for name in value.split(",") if name.strip()}
+        if names == {"all"}:
+            return "all"
+        unknown = sorted(names - set(STAGES))
+        if unknown or not names:
+            raise ValueError(
+                f"unknown stage {', '.join(unknown) or '(none given)'}; "
+                f"give all, or some of {', '.join(STAGES)}"
+            )
+        return ",".join(stage for stage in STAGES if stage in names)
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -135,6 +158,10 @@ class Settings(BaseSettings):
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+    def runs(self, stage: str) -> bool:
+        """Whether this worker runs `stage` (one of STAGES)."""
+        return self.stages == "all" or stage in self.stages.split(",")
 
     def topic(self, name: str) -> str:
         """The full name of one of Concord's topics, e.g. topic('erp.events')."""

@@ -4,8 +4,10 @@
 
 Publishes N realistic events once, then lets each contender consume all of them from the
 start under its own consumer group: the plain loop (consume -> orjson decode -> dict
-update -> produce, commit and flush every second) and a `concord worker` process. The
-figure is the ratio of the two rates; absolute numbers move ±30% on shared machines.
+update -> produce, commit and flush every second), a `concord worker` running the ingest
+stage alone (CONCORD_STAGES=ingest: the same work as the plain loop, plus validation, the
+re-send check, the crosswalk and the state changelog), and a worker running every stage.
+The figures are the ratios to the plain loop; absolute numbers move ±30% on shared machines.
 """
 
 from __future__ import annotations
@@ -117,9 +119,11 @@ def faust_worker(
     profile: str | None,
     clickhouse: bool,
     batch_within: float,
+    stages: str = "all",
 ) -> dict[str, float]:
-    """Rates of a `concord worker` over the published events: ingest alone, and the whole
-    pipeline (ingest + join + KPIs + ghosts + dedupe + breaker [+ ClickHouse])."""
+    """Rates of a `concord worker` running `stages` over the published events: ingest, and
+    (all stages) the whole pipeline (ingest + join + KPIs + ghosts + dedupe + breaker
+    [+ ClickHouse])."""
     port = free_port()
     env = worker_env(
         broker_url,
@@ -129,6 +133,7 @@ def faust_worker(
         web_port=port,
         clickhouse_enabled=str(clickhouse).lower(),
         ingest_batch_within=batch_within,
+        stages=stages,
     )
     cmd = [sys.executable, "-m", "concord", "worker"]
     log = (data_dir / "worker.log").open("wb")
@@ -160,9 +165,11 @@ def faust_worker(
                 ingest_done = now
             if joined > last_joined:
                 last_joined, last_change = joined, now
-            # Done once every event is joined; a stage quiet for 15 s is done with fewer.
+            # Done once every event is joined (ingested, for ingest alone); a stage quiet for
+            # 15 s is done with fewer.
             quiet = now - last_change > 15
-            if ingest_done is not None and started is not None and (last_joined >= n or quiet):
+            joined_all = last_joined >= n or stages == "ingest"
+            if ingest_done is not None and started is not None and (joined_all or quiet):
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
                 rewinds = next(
                     (
@@ -175,7 +182,7 @@ def faust_worker(
                 return {
                     "rewinds": rewinds,
                     "ingest": n / (ingest_done - started),
-                    "pipeline": last_joined / (last_change - started),
+                    "pipeline": last_joined / (last_change - started) if last_joined else 0.0,
                     "joined": last_joined,
                     "state_bytes": state_bytes,
                 }
@@ -208,6 +215,12 @@ def main() -> None:
     parser.add_argument(
         "--batch-within", type=float, default=0.5, help="the worker's batch wait, seconds"
     )
+    parser.add_argument(
+        "--ingest-alone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first a worker running the ingest stage alone",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="concord-bench-") as tmp:
@@ -226,8 +239,14 @@ def main() -> None:
             print(f"published {args.events} events at {pub:,.0f}/s")
             plain = asyncio.run(plain_loop(bootstrap, names, args.events))
             print(f"plain aiokafka loop : {plain:>9,.0f} events/s")
-            runs = {"on": [True], "off": [False], "both": [False, True]}[args.clickhouse]
-            for i, clickhouse in enumerate(runs):
+            runs = [("ingest", False)] if args.ingest_alone else []
+            runs += [
+                ("all", clickhouse)
+                for clickhouse in {"on": [True], "off": [False], "both": [False, True]}[
+                    args.clickhouse
+                ]
+            ]
+            for i, (stages, clickhouse) in enumerate(runs):
                 data_dir = Path(tmp) / f"worker-{i}"
                 data_dir.mkdir()
                 prefix = PREFIX
@@ -241,12 +260,20 @@ def main() -> None:
                     prefix,
                     args.events,
                     data_dir,
-                    args.profile,
+                    args.profile if stages == "all" else None,
                     clickhouse,
                     args.batch_within,
+                    stages,
                 )
+                if stages == "ingest":
+                    print(
+                        f"ingest alone        : {got['ingest']:>9,.0f} events/s "
+                        f"(ratio {got['ingest'] / plain:.2f}; CONCORD_STAGES=ingest)"
+                    )
+                    continue
                 label = f"ClickHouse {'on' if clickhouse else 'off'}"
-                print(f"concord ingest      : {got['ingest']:>9,.0f} events/s ({label})")
+                rate = got["ingest"]
+                print(f"concord ingest      : {rate:>9,.0f} events/s ({label}, all stages)")
                 print(
                     f"concord pipeline    : {got['pipeline']:>9,.0f} events/s through ingest, "
                     f"join, KPIs, ghosts, dedupe, breaker ({got['joined']:,.0f} joined)"

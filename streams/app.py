@@ -149,6 +149,8 @@ def create_app(settings: Settings) -> faust.App:
     ) -> None:
         # The stage's topics are subscribed and delivered to it in bulk, batches of up to
         # `size` records (streams/faust_consumer.py), each acked once processed.
+        if not settings.runs(name):
+            return
         inbox = RecordInbox(name, topics, limit=4 * size)
         inboxes.append(inbox)
         app.topics.add(topic(*topics, partitions=partitions))

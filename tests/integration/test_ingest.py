@@ -41,9 +41,12 @@ def _count(records, prefix: str) -> int:
     )
 
 
-def test_ingest_forwards_each_valid_event_once_and_dead_letters_the_rest(broker, spawn, prefix):
+@pytest.mark.parametrize("stages", ["all", "ingest"])
+def test_ingest_forwards_each_valid_event_once_and_dead_letters_the_rest(
+    broker, spawn, prefix, stages
+):
     feed = build_feed(prefix, orders=600)
-    worker = spawn()
+    worker = spawn(CONCORD_STAGES=stages)
     sent = asyncio.run(produce(f"127.0.0.1:{broker.port}", feed.records))
     assert sent == len(feed.records)
 
@@ -74,3 +77,5 @@ def test_ingest_forwards_each_valid_event_once_and_dead_letters_the_rest(broker,
     assert 'concord_events_total{outcome="held",source="crm"}' in metrics
     for reason, n in feed.deadletters.items():
         assert f'concord_deadletter_total{{reason="{reason}"}} {float(n)}' in metrics
+    if stages == "ingest":  # a worker of ingest alone leaves concord.normalized to others
+        assert "concord_order_events_total{" not in metrics

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from schemas.events import ChangeEvent
 from schemas.public import json_schemas
-from schemas.settings import SettingsError, load_settings
+from schemas.settings import STAGES, SettingsError, load_settings
 from schemas.stages import PHASE_OF, Marker, Phase, Source, Stage
 from schemas.status_map import StatusMap, StatusMapError, default_status_map, load_status_map
 
@@ -161,12 +161,22 @@ def test_settings_from_env_and_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("CONCORD_BROKER_URL", "http://x:9092", "broker_url"),
         ("CONCORD_TOPIC_PARTITIONS", "zero", "topic_partitions"),
         ("CONCORD_STATUS_MAP_FILE", "/nope.yaml", "status_map_file"),
+        ("CONCORD_STAGES", "ingest,join", "stages"),
+        ("CONCORD_STAGES", " , ", "stages"),
     ],
 )
 def test_a_bad_setting_names_itself(monkeypatch: pytest.MonkeyPatch, env, value, named):
     monkeypatch.setenv(env, value)
     with pytest.raises(SettingsError, match=f"setting {named} \\({env}\\)"):
         load_settings()
+
+
+def test_a_worker_runs_every_stage_or_the_ones_named(monkeypatch: pytest.MonkeyPatch):
+    assert all(load_settings().runs(stage) for stage in STAGES)
+    monkeypatch.setenv("CONCORD_STAGES", " orders, ingest ")
+    chosen = load_settings()
+    assert chosen.stages == "ingest,orders"  # pipeline order, spaces dropped
+    assert [stage for stage in STAGES if chosen.runs(stage)] == ["ingest", "orders"]
 
 
 def test_unknown_setting_in_yaml_is_an_error(tmp_path: Path):
