@@ -79,7 +79,7 @@ class RecordInbox:
 
     @property
     def full(self) -> bool:
-        """Whether a put must wait for the stage to take records."""
+        """Whether the partitions delivering to it are paused until the stage takes records."""
         return self.size >= self.limit
 
     def clear(self) -> None:

@@ -156,7 +156,7 @@ class OrderStage(PartitionedStage):
         # between two commits is encoded and written once.
         self._touched: dict[bytes, OrderEntry] = {}
         self._changed: dict[bytes, OrderEntry] = {}
-        self._unwritten_new = 0  # orders among them that the table does not hold yet
+        self._unwritten_new: set[bytes] = set()  # orders among them the table does not hold
         self._decoded: dict[bytes, OrderEntry] = {}  # least recently touched first
         self._intake: dict[int, IntakeCounts] = {}
         self._outcomes: Counter[Outcome] = Counter()
@@ -170,7 +170,8 @@ class OrderStage(PartitionedStage):
     # --- the agent ------------------------------------------------------------------------
 
     async def process(self, messages: Sequence[Message]) -> None:
-        """Apply a batch of normalised events to their orders; publish and persist the results."""
+        """Apply a batch of normalised events to their orders and publish the results (the
+        states they changed are written before the next offset commit)."""
         async with self.lock:
             await self._ensure_built()
             await self._baselines({m.tp for m in messages})
@@ -340,7 +341,8 @@ class OrderStage(PartitionedStage):
                 if partition is None:
                     partition = self._partition_of(key)
                 entry = OrderEntry.from_json(partition, key.decode(), raw)
-                self._unwritten_new += raw is None
+                if raw is None:
+                    self._unwritten_new.add(key)
             self._touched[key] = entry
         self._changed[key] = entry
         return entry
@@ -385,10 +387,10 @@ class OrderStage(PartitionedStage):
         if new is not None:
             self.phones.setdefault(new, set()).add(order_id)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> dict[bytes, OrderEntry]:
         # Outputs first, then (at the latest before the offset commit) the states that
         # record them: a crash repeats an anomaly (its id is deterministic, consumers dedupe)
-        # but never loses one.
+        # but never loses one. Returns the orders changed since the last flush.
         await self._mark_placements()
         out, self._out = self._out, []
         changed, self._changed = self._changed, {}
@@ -402,16 +404,25 @@ class OrderStage(PartitionedStage):
             )
             self._snapshot_kpis()
         self._publish_gauges()
+        return changed
 
     async def before_commit(self) -> None:
         """Write every changed order's state before offsets are committed (a commit hook)."""
         async with self.lock:
             await self._write_states()
 
-    async def _write_states(self) -> None:
-        # Each changed order once, on its own changelog partition; under the lock.
-        touched, self._touched = self._touched, {}
-        self._unwritten_new = 0
+    async def _write_states(self, only: dict[bytes, OrderEntry] | None = None) -> None:
+        # Each changed order (or those of `only`) once, on its own changelog partition; under
+        # the lock. Writing a state ahead of its events' offsets is safe: the join is a max
+        # or min over events, so their redelivery changes nothing.
+        if only is None:
+            touched, self._touched = self._touched, {}
+            self._unwritten_new.clear()
+        else:
+            touched = only
+            for key in only:
+                self._touched.pop(key, None)
+                self._unwritten_new.discard(key)
         if not touched:
             return
         states = {key: (e.partition, e.to_json()) for key, e in touched.items()}
@@ -471,7 +482,8 @@ class OrderStage(PartitionedStage):
                 metrics.SOURCE_SILENT.labels(source.value).set(
                     int(self.freshness.suppressed(source))
                 )
-            await self._flush()
+            # What timers changed is tied to no offset, so no commit would write it: now.
+            await self._write_states(await self._flush())
 
     async def evict(self) -> int:
         """Delete finished orders past their retention from the state table (a timer)."""
@@ -511,7 +523,7 @@ class OrderStage(PartitionedStage):
         # assignment delivers those events again, onto the states in the table.
         self._touched.clear()
         self._changed.clear()
-        self._unwritten_new = 0
+        self._unwritten_new.clear()
         self._decoded.clear()
         mine = {tp.partition for tp in self.assigned()}
         self._partitions = await self._partition_count()
@@ -662,7 +674,7 @@ class OrderStage(PartitionedStage):
 
     def _orders_tracked(self) -> int:
         # The table, and the new orders not written to it yet.
-        return len(self.table.data) + self._unwritten_new
+        return len(self.table.data) + len(self._unwritten_new)
 
 
 def order_view(state: OrderState, ghosts: GhostState, watermark: datetime | None) -> dict[str, Any]:
