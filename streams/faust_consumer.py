@@ -49,6 +49,7 @@ from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from faust.utils.functional import consecutive_numbers
+from mode.utils.queues import FlowControlEvent
 
 FAUST_VERSION = "0.15.3"
 
@@ -76,6 +77,7 @@ class RecordInbox:
         self._runs: deque[list[Message]] = deque()
         self._changed = asyncio.Event()
         self._paused: dict[TP, Callable[[TP], None]] = {}
+        self.flow_control: FlowControlEvent | None = None  # the app's, set by `install`
 
     @property
     def full(self) -> bool:
@@ -83,9 +85,16 @@ class RecordInbox:
         return self.size >= self.limit
 
     def clear(self) -> None:
-        """Drop every waiting run (a rebalance: they are fetched again after the seek).
+        """Drop every waiting run, as Faust's flow control clears the stream buffers on a
+        rebalance or a stop (flow suspended): they are fetched again after the seek. Paused
+        partitions are forgotten, not resumed: the new assignment fetches from all.
 
-        Paused partitions are forgotten, not resumed: the new assignment fetches from all."""
+        A clear while flow is active keeps the runs. Faust clears its queues when it resumes
+        flow too, at the end of table recovery, *after* seeking to the committed offsets:
+        what was fetched since belongs to the current assignment and no seek would fetch it
+        again (dropping it stalled those partitions for good in a restart under load)."""
+        if self.flow_control is not None and self.flow_control.is_active():
+            return
         self._runs.clear()
         self._paused.clear()
         self.size = 0
@@ -416,4 +425,5 @@ def install(
     )
     app.transport = transport_cls(app.conf.broker_consumer, app)
     for inbox in inboxes:
+        inbox.flow_control = app.flow_control
         app.flow_control.manage_queue(inbox)  # type: ignore[arg-type]  # cleared like streams

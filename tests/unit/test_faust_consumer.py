@@ -72,8 +72,22 @@ def test_each_stage_topic_is_delivered_to_its_inbox_and_cleared_with_the_streams
     faust_consumer.install(app, inboxes=[ingest, orders])
     assert app.transport.Consumer.inboxes == {"erp": ingest, "crm": ingest, "normalized": orders}
     ingest.put_nowait(["m1", "m2"])  # type: ignore[list-item]
-    app.flow_control.clear()  # what a rebalance does to the streams' buffers
+    app.flow_control.suspend()  # a rebalance or a stop: flow suspended, buffers cleared
+    app.flow_control.clear()
     assert ingest.size == 0
+
+
+async def test_an_inbox_keeps_its_runs_when_flow_resumes_after_the_seek() -> None:
+    # Faust's recovery seeks to the committed offsets, then resumes flow, which clears the
+    # queues it manages: runs fetched in between are the assignment's and are not refetched.
+    app = faust.App("t-inbox-resume", broker="kafka://127.0.0.1:1")
+    inbox = faust_consumer.RecordInbox("ingest", ["erp"], limit=10)
+    faust_consumer.install(app, inboxes=[inbox])
+    app.flow_control.resume()
+    inbox.put_nowait(["m1", "m2"])  # type: ignore[list-item]
+    app.flow_control.resume()  # the end of recovery
+    assert inbox.size == 2
+    assert await asyncio.wait_for(inbox.take(2, within=0.0), 1.0) == ["m1", "m2"]
 
 
 async def test_an_inbox_batches_whole_runs_in_order() -> None:
