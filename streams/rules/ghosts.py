@@ -432,19 +432,13 @@ class TimerWheel:
         limit = as_us(watermark)
         out: list[Due] = []
         heap = self._heap
-        deadlines = self._at
-        while heap and heap[0][0] <= limit:
-            at_us, order_id = heap[0]
-            current = deadlines.get(order_id)
-            if current == at_us:
-                heapq.heappop(heap)
-                del deadlines[order_id]
-                out.append(Due(order_id, from_us(at_us)))
-            elif current is None or current < at_us:
-                heapq.heappop(heap)  # stale: cancelled, or an earlier entry was pushed
-            else:
-                heapq.heapreplace(heap, (current, order_id))  # moved later meanwhile
-        return out
+        while True:
+            self._skip_stale()
+            if not heap or heap[0][0] > limit:
+                return out
+            at_us, order_id = heapq.heappop(heap)
+            del self._at[order_id]
+            out.append(Due(order_id, from_us(at_us)))
 
     def hold(self, order_id: str, source: Source) -> None:
         """Park an order until `source` catches up."""
@@ -508,7 +502,8 @@ class TimerWheel:
         return wheel
 
     def _skip_stale(self) -> None:
-        # Until the top entry is a current deadline (see `due`).
+        # Until the top entry is a current deadline: a stale one (cancelled, or an earlier
+        # entry was pushed since) is dropped, one whose deadline moved later is moved.
         heap = self._heap
         while heap:
             at_us, order_id = heap[0]
