@@ -131,7 +131,6 @@ class RecordInbox:
             run = self._runs.popleft()
             self.size -= len(run)
             batch += run
-        self._changed.set()
         if self._paused and not self.full:
             paused, self._paused = self._paused, {}
             for tp, resume in paused.items():

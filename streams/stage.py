@@ -125,8 +125,8 @@ class PartitionedStage:
 
     def _in_sequence(self, msg: Any, now: float) -> bool:
         # Synchronous: it runs for every record. A rewind it asks for is done once the batch
-        # is through (`run_batch`) (later records of the partition are held
-        # back meanwhile, as they are past the same gap).
+        # is through (`run_batch`); later records of the partition are held back meanwhile,
+        # as they are past the same gap.
         verdict = self.continuity.admit(msg.tp, msg.offset, now)
         if verdict.admit is Admit.PROCESS:
             return True
