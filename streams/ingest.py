@@ -26,7 +26,7 @@ from streams.produce import Outgoing
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel, evaluate_unlinked
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
 from streams.rules.order_state import OrderJoin
-from streams.rules.watermark import SourceTime, as_us, from_us, parse_us
+from streams.rules.watermark import SourceTime, as_us, from_us, occurred_us
 from streams.stage import PartitionedStage
 from streams.topics import TopicNames
 
@@ -278,7 +278,7 @@ class IngestStage(PartitionedStage):
                 continue
             ref = key.split("|", 1)[1]
             ghosts = GhostState.from_json(state.ghosts, ref)
-            first = min(parse_us(e["occurred_at"]) for e in state.held)
+            first = min(occurred_us(e) for e in state.held)
             self.unlinked.schedule_us(key, ghosts.next_us or first)
             for entry in ghosts.book.open_entries():  # counted again after a restart
                 self.on_anomaly(entry.anomaly(ref, datetime.now(UTC)))

@@ -50,7 +50,7 @@ from streams.rules.order_state import (
 )
 from streams.rules.refresh_latency import TARGETS, LatencyWindow, Observation
 from streams.rules.routing import AutoRoutingRate
-from streams.rules.watermark import UpstreamMarks, Watermark, as_us, from_us, parse_us
+from streams.rules.watermark import UpstreamMarks, Watermark, as_us, from_us, occurred_us
 from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
 from streams.warehouse import Warehouse
@@ -218,7 +218,7 @@ class OrderStage(PartitionedStage):
 
     def _apply(self, partition: int, body: dict[str, Any], wall: datetime, wall_us: int) -> None:
         source = _SOURCES[body["source"]]
-        event_us = parse_us(body["occurred_at"])
+        event_us = occurred_us(body)
         caught = self.freshness.observe_us(
             source, event_us, wall_us, event_id=body["event_id"], status=body.get("status", "")
         )
@@ -235,7 +235,7 @@ class OrderStage(PartitionedStage):
         entry = self._entry(key, partition)
         had_facts = entry.state.facts
         had_phone = had_facts.phone_hash if had_facts else None
-        change = self.join.apply(entry.state, body)
+        change = self.join.apply(entry.state, body, event_us)
         self._outcomes[change.outcome] += 1
         if change.outcome is Outcome.DUPLICATE:
             return

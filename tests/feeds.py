@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 
@@ -109,4 +109,13 @@ def build_feed(prefix: str, orders: int) -> Feed:
             bad("erp", bare["order_ref"].encode(), orjson.dumps(bare), "missing_order")
         if i % 40 == 8:
             bad("erp", None, "订单".encode("gbk"), "invalid_json")
+        if i % 40 == 9:  # other timestamp forms the schema takes: epoch seconds, a lowercase z
+            epoch = _event("wms", wm, f"w{i}-epoch", "PICKING", m + 5, erp_order_id=so)
+            epoch["occurred_at"] = (T0 + timedelta(minutes=m + 5)).timestamp()
+            send(epoch, expect=so)
+            zulu = _event("crm", cs, f"c{i}-zulu", "已发货", m + 6)
+            zulu["occurred_at"] = (
+                (T0 + timedelta(minutes=m + 6)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fz")
+            )
+            send(zulu, expect=so)
     return feed

@@ -100,13 +100,12 @@ class ConsistencyTracker:
         mask = 0
         for source in change.disagreeing:
             mask |= _BIT.get(source, 0)
-        terminal = change.terminal_at
         self._set(
             change.order_id,
             change.in_population,
             bool(change.new_consistent),
             mask,
-            None if terminal is None else as_us(terminal),
+            change.terminal_us,
         )
 
     def update_from(self, state: OrderState) -> None:

@@ -81,7 +81,13 @@ from schemas.anomalies import (
 from schemas.routing import Priority, RoutingTable, default_routing
 from schemas.stages import PHASE_OF, Phase, Source
 from streams.rules.lifecycle import SEVERITY_RANK, AnomalyBook, BookEntry, EvidenceItem
-from streams.rules.order_state import OrderJoin, OrderState, SystemView, in_scope
+from streams.rules.order_state import (
+    OrderJoin,
+    OrderState,
+    SystemView,
+    in_scope,
+    reached_fulfilling,
+)
 from streams.rules.routing import RoutingFacts, route
 from streams.rules.watermark import as_us, from_us, span_us
 
@@ -536,7 +542,6 @@ _ENTRY_PHASES: dict[Source, tuple[Phase, ...]] = {
     Source.LOGISTICS: (Phase.SHIPPED, Phase.DELIVERED),
 }
 _CONTRADICTING: frozenset[Phase] = frozenset({Phase.SHIPPED, Phase.DELIVERED})
-_PAST_OPEN: tuple[Phase, ...] = (Phase.FULFILLING, Phase.SHIPPED, Phase.DELIVERED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,7 +661,7 @@ def _scan(
     if erp is None or erp.stage is None:
         return findings, nxt, None
     phase = PHASE_OF[erp.stage]
-    reached = any(p in erp.firsts for p in _PAST_OPEN)
+    reached = reached_fulfilling(erp)
     scope = in_scope(phase, reached)
 
     # missing_in_system: an in-scope system that has not reported by its deadline.

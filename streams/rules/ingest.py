@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from schemas.events import ChangeEvent
 from schemas.stages import PHASE_OF, Marker, Source, Stage
 from schemas.status_map import StatusMap
+from streams.rules.watermark import as_us
 
 
 class Outcome(StrEnum):
@@ -153,7 +154,7 @@ class IngestRules:
                 )
             state.has_order = True
 
-        normalized = _normalized(raw, mapped, received_at)
+        normalized = _normalized(raw, event, mapped, received_at)
         link = event.erp_order_id or state.link
         if link is None:
             if len(state.held) >= self.max_held:
@@ -188,9 +189,18 @@ class IngestRules:
             del state.seen[: len(state.seen) - self.max_seen]
 
 
-def _normalized(raw: bytes, mapped: Stage | Marker, received_at: datetime) -> dict[str, Any]:
-    # The original object, every unknown field kept, plus what ingest learned.
+def _normalized(
+    raw: bytes, event: ChangeEvent, mapped: Stage | Marker, received_at: datetime
+) -> dict[str, Any]:
+    # The original object, every unknown field kept, plus what ingest learned. Timestamps
+    # leave in a form `datetime.fromisoformat` reads as the same instant (the schema also
+    # takes epoch numbers and a lowercase `z`), and the event time as µs besides.
     body: dict[str, Any] = orjson.loads(raw)
+    body["occurred_at"] = _iso_text(body.get("occurred_at"), event.occurred_at)
+    body["occurred_us"] = as_us(event.occurred_at)
+    order = body.get("order")
+    if event.order is not None and event.order.placed_at is not None and isinstance(order, dict):
+        order["placed_at"] = _iso_text(order.get("placed_at"), event.order.placed_at)
     if isinstance(mapped, Stage):
         body["stage"] = mapped.value
         body["phase"] = PHASE_OF[mapped].value
@@ -198,6 +208,17 @@ def _normalized(raw: bytes, mapped: Stage | Marker, received_at: datetime) -> di
         body["marker"] = mapped.value
     body["received_at"] = received_at.isoformat()
     return body
+
+
+def _iso_text(value: Any, parsed: datetime) -> str:
+    # The original text when fromisoformat reads it as `parsed`, else `parsed` in ISO form.
+    if isinstance(value, str):
+        try:
+            if datetime.fromisoformat(value) == parsed:
+                return value
+        except ValueError:
+            pass
+    return parsed.isoformat()
 
 
 def _describe(errors: list[Any]) -> str:

@@ -57,7 +57,7 @@ from streams.rules.refresh_latency import (
     first_at_or_past,
     measure,
 )
-from streams.rules.watermark import as_us, event_time, from_us, span_us
+from streams.rules.watermark import as_us, event_time, from_us, occurred_us, span_us
 
 DEFAULT_RETENTION = timedelta(days=35)
 DEFAULT_MAX_IDS = 8
@@ -168,7 +168,7 @@ class OrderState:
     def reached_fulfilling(self) -> bool:
         """Whether the ERP ever showed the order at fulfilling or later on the line."""
         erp = self.systems.get(Source.ERP)
-        return erp is not None and any(p in erp.firsts for p in _PAST_OPEN)
+        return erp is not None and reached_fulfilling(erp)
 
     def scope(self) -> tuple[Source, ...]:
         """The systems in scope now (empty before the ERP reported a stage)."""
@@ -181,7 +181,7 @@ class OrderState:
         if erp is None or erp.stage is None:
             return None
         phase = PHASE_OF[erp.stage]
-        reached = phase in _OFF_LINE and any(p in erp.firsts for p in _PAST_OPEN)
+        reached = phase in _OFF_LINE and reached_fulfilling(erp)
         out: list[Source] = []
         for source in in_scope(phase, reached):
             view = self.systems.get(source)
@@ -305,14 +305,24 @@ class Change:
     source: Source
     event_id: str
     outcome: Outcome
-    event_time: datetime
+    event_us: int  # the event's occurred_at, µs since the epoch
     old_phase: Phase | None  # the ERP phase before / after
     new_phase: Phase | None
     old_consistent: bool | None  # None: not in the population (no ERP stage yet)
     new_consistent: bool | None
     disagreeing: tuple[Source, ...]  # in-scope systems that disagree after the event
-    terminal_at: datetime | None  # when the order turned terminal, if it is
+    terminal_us: int | None  # when the order turned terminal (µs), if it is
     observations: list[Observation] = field(default_factory=list)
+
+    @property
+    def event_time(self) -> datetime:
+        """The event's occurred_at."""
+        return from_us(self.event_us)
+
+    @property
+    def terminal_at(self) -> datetime | None:
+        """When the order turned terminal, if it is."""
+        return None if self.terminal_us is None else from_us(self.terminal_us)
 
     @property
     def in_population(self) -> bool:
@@ -340,12 +350,14 @@ class OrderJoin:
         # `max_ids` event digests only let a redelivery be reported as a duplicate.
         self.max_ids = max_ids
 
-    def apply(self, state: OrderState, event: Mapping[str, Any]) -> Change:
-        """Apply one normalised event (ingest's `_normalized` dict) to `state`, in place."""
+    def apply(
+        self, state: OrderState, event: Mapping[str, Any], event_us: int | None = None
+    ) -> Change:
+        """Apply one normalised event (ingest's `_normalized` dict) to `state`, in place;
+        `event_us` is its event time when the caller has read it already."""
         source = _SOURCES[event["source"]]
         event_id: str = event["event_id"]
-        when = event_time(event["occurred_at"])
-        t = as_us(when)
+        t = occurred_us(event) if event_us is None else event_us
         old_phase = state.erp_phase
         old_disagreeing = state.disagreeing()
         old_consistent = None if old_disagreeing is None else not old_disagreeing
@@ -405,10 +417,10 @@ class OrderJoin:
             outcome = Outcome.DUPLICATE
         if source is Source.ERP:
             details = event.get("order")
-            if isinstance(details, Mapping):
+            if isinstance(details, dict | Mapping):
                 _take_facts(state, details, t)
         tracking = event.get("tracking")
-        if isinstance(tracking, Mapping):
+        if tracking is not None and isinstance(tracking, dict | Mapping):
             _take_tracking(state, source, tracking, t)
 
         disagreeing = state.disagreeing()
@@ -417,13 +429,13 @@ class OrderJoin:
             source,
             event_id,
             outcome,
-            when,
+            t,
             old_phase,
             state.erp_phase,
             old_consistent,
             None if disagreeing is None else not disagreeing,
             disagreeing or (),
-            _terminal_at(state),
+            state.terminal_at_us,
             observations,
         )
 
@@ -444,6 +456,11 @@ def is_evictable(
             return False
         since = max(terminal, last)
     return since + span_us(retention) <= as_us(watermark)
+
+
+def reached_fulfilling(erp: SystemView) -> bool:
+    """Whether the ERP's view ever showed fulfilling or later on the line."""
+    return not erp.firsts.keys().isdisjoint(_PAST_OPEN)
 
 
 def observations_of(state: OrderState) -> list[Observation]:
@@ -476,11 +493,12 @@ _PHASE_INDEX: dict[Phase, int] = {p: i for i, p in enumerate(_PHASE_LIST)}
 _MARKER_LIST: list[Marker] = list(Marker)
 _MARKER_INDEX: dict[Marker, int] = {m: i for i, m in enumerate(_MARKER_LIST)}
 _DIGEST_CHARS = 8
+_DIGEST_PREFIX: dict[Source, bytes] = {s: f"{s.value}\x1f".encode() for s in Source}
 
 
 def _digest(source: Source, event_id: str) -> str:
     # 48 bits: a false "duplicate" among one order's last few events is ~1e-13 likely.
-    raw = hashlib.blake2b(f"{source.value}\x1f{event_id}".encode(), digest_size=6).digest()
+    raw = hashlib.blake2b(_DIGEST_PREFIX[source] + event_id.encode(), digest_size=6).digest()
     return base64.urlsafe_b64encode(raw).decode()
 
 
@@ -489,11 +507,6 @@ def _line_key(stage: Stage, at_us: int, event_id: str) -> tuple[int, int, int, s
     if rank is None:
         return (1, 0, at_us, event_id)
     return (0, rank, at_us, event_id)
-
-
-def _terminal_at(state: OrderState) -> datetime | None:
-    terminal = state.terminal_at_us
-    return None if terminal is None else from_us(terminal)
 
 
 def _candidates(source: Source, phase: Phase) -> tuple[tuple[Source, Phase], ...]:
@@ -527,10 +540,16 @@ def _observation_value(
     erp = state.systems.get(Source.ERP)
     if erp is None:
         return None
+    return _observed(state, erp, reached_fulfilling(erp), target, phase)
+
+
+def _observed(
+    state: OrderState, erp: SystemView, reached: bool, target: Source, phase: Phase
+) -> tuple[FirstSeen, FirstSeen] | None:
+    # _observation_value with the ERP's view and whether it reached fulfilling at hand.
     erp_first = erp.firsts.get(phase)
     if erp_first is None:
         return None
-    reached = any(p in erp.firsts for p in _PAST_OPEN)
     if target not in in_scope(phase, reached):
         return None
     view = state.systems.get(target)
@@ -543,12 +562,19 @@ def _observation_value(
 def _move_first(
     state: OrderState, source: Source, view: SystemView, phase: Phase, first: FirstSeen
 ) -> list[Observation]:
+    erp = state.systems.get(Source.ERP)
+    if erp is None:  # no ERP phase entry: no observation, before or after
+        view.firsts[phase] = first
+        return []
     candidates = _candidates(source, phase)
-    before = [_observation_value(state, target, p) for target, p in candidates]
+    reached = reached_fulfilling(erp)
+    before = [_observed(state, erp, reached, target, p) for target, p in candidates]
     view.firsts[phase] = first
+    if view is erp:
+        reached = reached_fulfilling(erp)
     out: list[Observation] = []
     for (target, p), old in zip(candidates, before, strict=True):
-        new = _observation_value(state, target, p)
+        new = _observed(state, erp, reached, target, p)
         if new is not None and new != old:
             out.append(measure(state.order_id, target, p, new[0], new[1], revised=old is not None))
     return out

@@ -39,7 +39,7 @@ The rule, exactly (all in microseconds; L = allowed_lateness, I = idle_after):
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -90,6 +90,12 @@ def event_time(value: Any) -> datetime:
         return _AWARE.validate_python(value)
     except ValidationError as exc:
         raise ValueError(f"not an aware timestamp: {value!r}") from exc
+
+
+def occurred_us(event: Mapping[str, Any]) -> int:
+    """A normalised event's event time in µs: ingest's `occurred_us`, else its `occurred_at`."""
+    us = event.get("occurred_us")
+    return as_us(event_time(event["occurred_at"])) if us is None else int(us)
 
 
 def span_us(span: timedelta) -> int:

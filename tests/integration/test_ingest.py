@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiokafka.partitioner import murmur2
 
+from sinks.metrics import metric_samples
 from tests.feeds import build_feed
 from tests.integration.harness import PARTITIONS, normalized_events, produce, read_all
 
@@ -79,3 +80,15 @@ def test_ingest_forwards_each_valid_event_once_and_dead_letters_the_rest(
         assert f'concord_deadletter_total{{reason="{reason}"}} {float(n)}' in metrics
     if stages == "ingest":  # a worker of ingest alone leaves concord.normalized to others
         assert "concord_order_events_total{" not in metrics
+    else:  # the per-order stage applies every forwarded event, whatever its timestamp's form
+        assert _joined(worker, want=len(feed.expected)) == len(feed.expected)
+
+
+def _joined(worker, want: int, within: float = 60.0) -> float:
+    deadline = time.monotonic() + within
+    while True:
+        text = httpx.get(worker.url("/metrics")).text
+        joined = sum(metric_samples(text, "concord_order_events_total").values())
+        if joined >= want or time.monotonic() > deadline:
+            return joined
+        time.sleep(0.5)

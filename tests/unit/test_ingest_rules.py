@@ -1,0 +1,85 @@
+"""Ingest's normalised event: what later stages can rely on, whatever form a timestamp came in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import orjson
+import pytest
+
+from schemas.stages import Source
+from schemas.status_map import default_status_map
+from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection
+from streams.rules.order_state import OrderJoin, OrderState
+from streams.rules.watermark import as_us, occurred_us
+
+RULES = IngestRules(default_status_map())
+CST = timezone(timedelta(hours=8))
+AT = datetime(2026, 3, 2, 9, 30, 15, 250_000, tzinfo=CST)
+RECEIVED = datetime(2026, 3, 2, 1, 31, tzinfo=UTC)
+
+
+def _forwarded(event: dict) -> dict:
+    raw = orjson.dumps(event)
+    decoded = RULES.decode(raw, Source(event["source"]))
+    assert not isinstance(decoded, Rejection), decoded
+    applied = RULES.apply(decoded, raw, RefState(), RECEIVED)
+    assert applied.outcome is Outcome.ACCEPTED
+    [(_, body)] = applied.forward
+    return body
+
+
+def _erp(occurred_at: object, placed_at: object | None = None) -> dict:
+    order: dict = {
+        "customer_id": "W1",
+        "channel": "website",
+        "lines": [{"sku": "BRK-1", "qty": 1, "unit_price": "9.50"}],
+        "amount": "9.50",
+        "currency": "CNY",
+    }
+    if placed_at is not None:
+        order["placed_at"] = placed_at
+    return {
+        "event_id": "e1",
+        "source": "erp",
+        "order_ref": "SO1",
+        "status": "CREATED",
+        "occurred_at": occurred_at,
+        "order": order,
+    }
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        AT.timestamp(),  # epoch seconds
+        AT.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fz"),  # a lowercase z
+        AT.isoformat(),
+    ],
+)
+def test_event_time_leaves_ingest_as_iso_text_and_microseconds(occurred_at: object):
+    body = _forwarded(_erp(occurred_at, placed_at=occurred_at))
+    assert datetime.fromisoformat(body["occurred_at"]) == AT
+    assert datetime.fromisoformat(body["order"]["placed_at"]) == AT
+    assert body["occurred_us"] == as_us(AT)
+    assert occurred_us(body) == as_us(AT)
+
+
+def test_text_already_in_iso_form_is_kept_as_it_came():
+    text = "2026-03-02T09:30:15.250+08:00"
+    body = _forwarded(_erp(text, placed_at=text))
+    assert body["occurred_at"] == text
+    assert body["order"]["placed_at"] == text
+
+
+def test_the_join_reads_the_event_time_ingest_gives_it():
+    body = _forwarded(_erp(AT.timestamp()))
+    passed, read = OrderState(order_id="SO1"), OrderState(order_id="SO1")
+    with_time = OrderJoin().apply(passed, body, body["occurred_us"])
+    without = OrderJoin().apply(read, body)
+    assert with_time == without
+    assert with_time.event_time == AT
+    assert passed.to_json() == read.to_json()
+    # A normalised event from before ingest added `occurred_us` still reads its occurred_at.
+    older = {k: v for k, v in body.items() if k != "occurred_us"}
+    assert occurred_us(older) == as_us(AT)
