@@ -93,8 +93,8 @@ class IngestStage(PartitionedStage):
         received_at = datetime.now(UTC)
         out: list[Outgoing] = []
         touched: dict[str, tuple[int, RefState]] = {}
-        counts: Counter[tuple[str, str]] = Counter()
-        latest_event_time: dict[Source, datetime] = {}
+        counts: Counter[tuple[Source, Outcome]] = Counter()
+        latest_us: dict[Source, int] = {}
 
         store = self.table.data  # the store itself: Table.get adds per-call bookkeeping
         if self.reassigned():
@@ -112,15 +112,16 @@ class IngestStage(PartitionedStage):
             decoded = self.rules.decode(raw, source)
             if isinstance(decoded, Rejection):
                 out.append(self._dead(msg, raw, decoded, received_at))
-                counts[(source.value, Outcome.REJECTED.value)] += 1
+                counts[(source, Outcome.REJECTED)] += 1
                 continue
             assert raw is not None
-            self.source_time.observe_us(msg.tp, as_us(decoded.occurred_at), wall_us)
+            event_us = as_us(decoded.occurred_at)
+            self.source_time.observe_us(msg.tp, event_us, wall_us)
             key = state_key(source, decoded.order_ref)
             entry = touched.get(key)
             state = entry[1] if entry else RefState.from_json(store.get(key))
-            applied = self.rules.apply(decoded, raw, state, received_at)
-            counts[(source.value, applied.outcome.value)] += 1
+            applied = self.rules.apply(decoded, raw, state, received_at, event_us)
+            counts[(source, applied.outcome)] += 1
             if applied.rejection is not None:
                 out.append(self._dead(msg, raw, applied.rejection, received_at))
                 continue
@@ -128,23 +129,23 @@ class IngestStage(PartitionedStage):
                 continue
             touched[key] = (msg.partition, state)
             if applied.outcome is Outcome.HELD and len(state.held) == 1:
-                self.unlinked.schedule(key, decoded.occurred_at)
+                self.unlinked.schedule_us(key, event_us)
             elif applied.outcome is Outcome.ACCEPTED and state.ghosts:
                 self._linked(key, state, decoded.occurred_at, received_at, out)
             forward += applied.forward
-            seen = latest_event_time.get(source)
-            if seen is None or decoded.occurred_at > seen:
-                latest_event_time[source] = decoded.occurred_at
+            seen = latest_us.get(source)
+            if seen is None or event_us > seen:
+                latest_us[source] = event_us
 
         out += await self._envelopes(forward)
         await self._mark_watermark(out, wall_us, touched)
         await self._produce(out)
         await self._persist({key: (p, state.to_json()) for key, (p, state) in touched.items()})
 
-        for (source_name, outcome), n in counts.items():
-            metrics.EVENTS.labels(source_name, outcome).inc(n)
-        for source, occurred in latest_event_time.items():
-            metrics.EVENT_LAG.labels(source.value).set((received_at - occurred).total_seconds())
+        for (source, outcome), n in counts.items():
+            metrics.EVENTS.labels(source.value, outcome.value).inc(n)
+        for source, occurred in latest_us.items():
+            metrics.EVENT_LAG.labels(source.value).set((wall_us - occurred) / 1e6)
         metrics.INGEST_BATCH_SECONDS.set(time.perf_counter() - started)
 
     async def _envelopes(self, forward: list[tuple[str, dict[str, Any]]]) -> list[Outgoing]:
@@ -237,7 +238,7 @@ class IngestStage(PartitionedStage):
                 outcome = evaluate_unlinked(
                     self.ghost_rules, self.join, ref, state.held, ghosts, at, wall
                 )
-                self.unlinked.schedule(key, outcome.next_deadline)
+                self.unlinked.schedule_us(key, outcome.next_us)
                 state.ghosts = None if ghosts.is_empty else ghosts.to_json()
                 if held is None:
                     topic = self.topics.sources[Source(source_name)]

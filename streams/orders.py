@@ -145,6 +145,7 @@ class OrderStage(PartitionedStage):
         # re-report what is open after a restart where they can (ingest's orphans).
         self.other_open = OpenGhosts()
         self._gauged: set[tuple[str, str]] = set()
+        self._latency_metrics: dict[Source, tuple[Any, Any]] = {}
         self.routing_rate = AutoRoutingRate()
         self.phones: dict[str, set[str]] = {}
         self.lock = asyncio.Lock()  # the agent and the timers never interleave on one state
@@ -325,9 +326,15 @@ class OrderStage(PartitionedStage):
 
     def _observe_latency(self, obs: Observation, *, record: bool) -> None:
         if self.latency.add(obs) and record:
-            metrics.REFRESH_LATENCY.labels(obs.target.value).observe(obs.latency_seconds)
+            children = self._latency_metrics.get(obs.target)
+            if children is None:  # labels() costs a lookup per call: once per target
+                label = obs.target.value
+                children = metrics.REFRESH_LATENCY.labels(label), metrics.REFRESH_SKEW.labels(label)
+                self._latency_metrics[obs.target] = children
+            histogram, skews = children
+            histogram.observe(obs.latency_seconds)
             if obs.skew:
-                metrics.REFRESH_SKEW.labels(obs.target.value).inc()
+                skews.inc()
 
     def _entry(self, key: bytes, partition: int | None = None) -> OrderEntry:
         entry = self._changed.get(key)
@@ -352,7 +359,7 @@ class OrderStage(PartitionedStage):
         outcome = self.ghost_rules.evaluate(
             state, entry.ghosts, now, wall, silent=self.freshness.silent
         )
-        self.wheel.schedule(state.order_id, outcome.next_deadline)
+        self.wheel.schedule_us(state.order_id, outcome.next_us)
         for source in outcome.held:
             self.wheel.hold(state.order_id, source)
         for emit in outcome.emits:

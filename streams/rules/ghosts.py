@@ -193,8 +193,13 @@ class GhostOutcome:
     """What one evaluation produced."""
 
     emits: list[Emit]
-    next_deadline: datetime | None  # schedule the order's timer here (None: cancel it)
+    next_us: int | None  # schedule the order's timer here, µs (None: cancel it)
     held: frozenset[Source] = frozenset()  # silent sources that held a flag back
+
+    @property
+    def next_deadline(self) -> datetime | None:
+        """The order's next deadline (None: cancel its timer)."""
+        return None if self.next_us is None else from_us(self.next_us)
 
 
 class GhostRules:
@@ -224,7 +229,7 @@ class GhostRules:
         ghosts.next_us = next_us
         book = ghosts.book
         if not findings and not book.has_open:
-            return GhostOutcome([], None if next_us is None else from_us(next_us))
+            return GhostOutcome([], next_us)
         emits: list[Emit] = []
         held: set[Source] = set()
         live: set[str] = set()
@@ -255,7 +260,7 @@ class GhostRules:
                     resolved = book.resolve(entry.anomaly_id, now_us, detected_at, summary=summary)
                     if resolved is not None:
                         emits.append(resolved)
-        return GhostOutcome(emits, None if next_us is None else from_us(next_us), frozenset(held))
+        return GhostOutcome(emits, next_us, frozenset(held))
 
     def next_deadline(
         self, state: OrderState, ghosts: GhostState, now: datetime

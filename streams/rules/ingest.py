@@ -109,6 +109,7 @@ class IngestRules:
         self.status_map = status_map
         self.max_seen = max_seen
         self.max_held = max_held
+        self._received: tuple[datetime, str] | None = None  # a batch's received_at, as text
 
     def decode(self, raw: bytes | None, topic_source: Source) -> ChangeEvent | Rejection:
         """Parse and validate raw bytes from `topic_source`'s topic."""
@@ -129,9 +130,15 @@ class IngestRules:
         return event
 
     def apply(
-        self, event: ChangeEvent, raw: bytes, state: RefState, received_at: datetime
+        self,
+        event: ChangeEvent,
+        raw: bytes,
+        state: RefState,
+        received_at: datetime,
+        event_us: int | None = None,
     ) -> Applied:
-        """Apply a decoded event to its reference's state (mutated in place)."""
+        """Apply a decoded event to its reference's state (mutated in place); `event_us` is
+        its occurred_at in µs when the caller has it already."""
         mapped = self.status_map.lookup(event.source, event.status)
         if mapped is None:
             return Applied(
@@ -154,7 +161,15 @@ class IngestRules:
                 )
             state.has_order = True
 
-        normalized = _normalized(raw, event, mapped, received_at)
+        if self._received is None or self._received[0] is not received_at:
+            self._received = (received_at, received_at.isoformat())
+        normalized = _normalized(
+            raw,
+            event,
+            mapped,
+            self._received[1],
+            as_us(event.occurred_at) if event_us is None else event_us,
+        )
         link = event.erp_order_id or state.link
         if link is None:
             if len(state.held) >= self.max_held:
@@ -190,14 +205,14 @@ class IngestRules:
 
 
 def _normalized(
-    raw: bytes, event: ChangeEvent, mapped: Stage | Marker, received_at: datetime
+    raw: bytes, event: ChangeEvent, mapped: Stage | Marker, received_at: str, event_us: int
 ) -> dict[str, Any]:
     # The original object, every unknown field kept, plus what ingest learned. Timestamps
     # leave in a form `datetime.fromisoformat` reads as the same instant (the schema also
     # takes epoch numbers and a lowercase `z`), and the event time as µs besides.
     body: dict[str, Any] = orjson.loads(raw)
     body["occurred_at"] = _iso_text(body.get("occurred_at"), event.occurred_at)
-    body["occurred_us"] = as_us(event.occurred_at)
+    body["occurred_us"] = event_us
     order = body.get("order")
     if event.order is not None and event.order.placed_at is not None and isinstance(order, dict):
         order["placed_at"] = _iso_text(order.get("placed_at"), event.order.placed_at)
@@ -206,15 +221,17 @@ def _normalized(
         body["phase"] = PHASE_OF[mapped].value
     else:
         body["marker"] = mapped.value
-    body["received_at"] = received_at.isoformat()
+    body["received_at"] = received_at
     return body
 
 
 def _iso_text(value: Any, parsed: datetime) -> str:
-    # The original text when fromisoformat reads it as `parsed`, else `parsed` in ISO form.
+    # The original text when fromisoformat reads it with an offset, else `parsed` (what the
+    # schema read) in ISO form. Where both read a text, they read the same instant (a unit
+    # test holds them to it).
     if isinstance(value, str):
         try:
-            if datetime.fromisoformat(value) == parsed:
+            if datetime.fromisoformat(value).tzinfo is not None:
                 return value
         except ValueError:
             pass

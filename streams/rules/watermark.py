@@ -130,6 +130,7 @@ class Watermark:
         "_last_wall_us",
         "_lateness_us",
         "_max_event_us",
+        "_value",
         "_wm_at_last_us",
         "_wm_us",
         "clamped",
@@ -148,6 +149,7 @@ class Watermark:
         self._wm_us: int | None = None
         self._wm_at_last_us: int | None = None
         self._last_wall_us: int | None = None
+        self._value: tuple[int, datetime] | None = None  # the last `value`, by its µs
         self.clamped = 0  # events whose time was capped at wall + max_ahead
 
     @property
@@ -158,7 +160,12 @@ class Watermark:
     @property
     def value(self) -> datetime | None:
         """The watermark as an aware UTC datetime, None before the first event."""
-        return None if self._wm_us is None else from_us(self._wm_us)
+        us = self._wm_us
+        if us is None:
+            return None
+        if self._value is None or self._value[0] != us:
+            self._value = (us, from_us(us))  # read for every event; it moves far less often
+        return self._value[1]
 
     @property
     def max_event(self) -> datetime | None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
+from schemas.events import ChangeEvent
 from schemas.stages import Source
 from schemas.status_map import default_status_map
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection
@@ -83,3 +84,27 @@ def test_the_join_reads_the_event_time_ingest_gives_it():
     # A normalised event from before ingest added `occurred_us` still reads its occurred_at.
     older = {k: v for k, v in body.items() if k != "occurred_us"}
     assert occurred_us(older) == as_us(AT)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-03-02T09:00:01+08:00",
+        "2026-03-02 09:00:01+08:00",
+        "2026-03-02t09:00:01Z",
+        "2026-03-02T09:00:01.1234567+08:00",
+        "2026-03-02T09:00:01.123456789Z",
+        "2026-03-02T09:00:01,5+08:00",
+        "2026-03-02T09:00:01+0800",
+        "2026-03-02T09:00+08:00",
+        "2026-03-02T09:00:01.5-03:30",
+        "2026-03-02T09:00:01-00:00",
+        "2026-03-02T09:00:01+23:59",
+    ],
+)
+def test_where_the_schema_and_fromisoformat_both_read_a_time_they_agree(text: str):
+    # Ingest keeps such a text as it came and later stages read it with fromisoformat.
+    body = _forwarded(_erp(text))
+    assert body["occurred_at"] == text
+    assert datetime.fromisoformat(text) == ChangeEvent.model_validate(_erp(text)).occurred_at
+    assert body["occurred_us"] == as_us(datetime.fromisoformat(text))
