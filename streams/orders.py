@@ -432,8 +432,9 @@ class OrderStage(PartitionedStage):
                 self._unwritten_new.discard(key)
         if not touched:
             return
-        states = {key: (e.partition, e.to_json()) for key, e in touched.items()}
-        written = await self._persist(states)
+        written = await self._persist(
+            {key: (e.partition, e) for key, e in touched.items()}, OrderEntry.to_json
+        )
         decoded = self._decoded
         for key, e in touched.items():
             if e.evict:
@@ -442,7 +443,7 @@ class OrderStage(PartitionedStage):
                 decoded[key] = e
         while len(decoded) > DECODED_ORDERS_KEPT:
             del decoded[next(iter(decoded))]
-        kept = sum(v is not None for _, v in states.values())
+        kept = sum(not e.evict for e in touched.values())
         if kept:
             metrics.ORDER_STATE_BYTES.set(written / kept)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -155,18 +155,26 @@ class PartitionedStage:
         metrics.INGEST_REWINDS.inc()
         await self.app.consumer.seek(tp, offset)
 
-    async def _persist(self, touched: Mapping[Any, tuple[int, Any]]) -> int:
+    async def _persist(
+        self,
+        touched: Mapping[Any, tuple[int, Any]],
+        to_json: Callable[[Any], Any] | None = None,
+    ) -> int:
         # One changelog record per key per batch, on the partition of the key's own events
         # (Faust would use the partition of the batch's last event for every key). Sent and
         # acknowledged here rather than through Faust's send_soon buffer, whose flush gives
         # up after 0.1 s: the offset commit must never overtake the state it depends on.
-        # A value of None deletes the key (a tombstone). Returns the bytes of values written.
+        # A value of None deletes the key (a tombstone). Values pass through `to_json` when
+        # given, one at a time: with keep_encoded, each JSON tree is garbage at once rather
+        # than all of them living until the end (and through garbage-collector passes).
+        # Returns the bytes of values written.
         if not touched:
             return 0
         store = self.table.data
         records = []
         written = 0
-        for key, (partition, value) in touched.items():
+        for key, (partition, state) in touched.items():
+            value = state if to_json is None else to_json(state)
             encoded = None
             if value is None:
                 store.pop(key, None)

@@ -10,6 +10,7 @@ import pytest
 from schemas.events import ChangeEvent
 from schemas.stages import Source
 from schemas.status_map import default_status_map
+from streams.ingest import envelope
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.watermark import as_us, occurred_us
@@ -108,3 +109,10 @@ def test_where_the_schema_and_fromisoformat_both_read_a_time_they_agree(text: st
     assert body["occurred_at"] == text
     assert datetime.fromisoformat(text) == ChangeEvent.model_validate(_erp(text)).occurred_at
     assert body["occurred_us"] == as_us(datetime.fromisoformat(text))
+
+
+def test_an_envelope_is_what_orjson_makes_of_its_events():
+    events = [{"event_id": "e1", "n": 1}, {"event_id": "e2", "text": '已发货, "quoted"'}]
+    packed = envelope([orjson.dumps(e) for e in events])
+    assert packed == orjson.dumps({"events": events})
+    assert envelope([]) == orjson.dumps({"events": []})
