@@ -245,7 +245,7 @@ class OrderStage(PartitionedStage):
             change.source is Source.ERP and change.old_phase is None and change.in_population,
         )
         if kind is not None:
-            self._intake.setdefault(partition, IntakeCounts()).add(kind, change.event_time)
+            self._intake.setdefault(partition, IntakeCounts()).add_us(kind, change.event_us)
         if had_facts is None and entry.state.facts is not None:
             # The order's details, once, to the dedupe stage keyed by their fingerprint.
             self._out.append(

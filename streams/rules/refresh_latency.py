@@ -80,8 +80,8 @@ class Observation:
     order_id: str
     target: Source
     phase: Phase
-    t0: datetime
-    t1: datetime
+    t0_us: int  # the ERP's first event at the phase (µs since the epoch)
+    t1_us: int  # the target's first event at it or past it on the line
     latency_seconds: float
     skew: bool
     erp_event_id: str
@@ -94,9 +94,19 @@ class Observation:
         return (self.order_id, self.target, self.phase)
 
     @property
+    def t0(self) -> datetime:
+        """When the ERP entered the phase."""
+        return from_us(self.t0_us)
+
+    @property
+    def t1(self) -> datetime:
+        """When the target first showed it."""
+        return from_us(self.t1_us)
+
+    @property
     def latency_us(self) -> int:
         """The latency in whole microseconds, clamped at 0 (exact)."""
-        return max(0, as_us(self.t1) - as_us(self.t0))
+        return max(0, self.t1_us - self.t0_us)
 
 
 def first_at_or_past(firsts: Mapping[Phase, FirstSeen], phase: Phase) -> FirstSeen | None:
@@ -126,16 +136,16 @@ def measure(
     t1_us, target_event_id = target_first
     raw = t1_us - t0_us
     return Observation(
-        order_id=order_id,
-        target=target,
-        phase=phase,
-        t0=from_us(t0_us),
-        t1=from_us(t1_us),
-        latency_seconds=max(0, raw) / 1_000_000,
-        skew=raw < 0,
-        erp_event_id=erp_event_id,
-        target_event_id=target_event_id,
-        revised=revised,
+        order_id,
+        target,
+        phase,
+        t0_us,
+        t1_us,
+        max(0, raw) / 1_000_000,
+        raw < 0,
+        erp_event_id,
+        target_event_id,
+        revised,
     )
 
 
@@ -284,7 +294,7 @@ class LatencyWindow:
 
     def add(self, obs: Observation) -> bool:
         """Take one observation (a revision replaces its key's value); False if nothing changed."""
-        return self._add(obs.key, as_us(obs.t1), obs.latency_us, obs.skew)
+        return self._add(obs.key, obs.t1_us, obs.latency_us, obs.skew)
 
     def _add(self, key: ObservationKey, t1_us: int, latency_us: int, skew: bool) -> bool:
         old = self._live.get(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -465,17 +466,7 @@ def final_observations(changes: list[Change]) -> dict[tuple[Any, ...], Observati
 
 
 def _unrevised(obs: Observation) -> Observation:
-    return Observation(
-        obs.order_id,
-        obs.target,
-        obs.phase,
-        obs.t0,
-        obs.t1,
-        obs.latency_seconds,
-        obs.skew,
-        obs.erp_event_id,
-        obs.target_event_id,
-    )
+    return dataclasses.replace(obs, revised=False)
 
 
 @settings(max_examples=300, deadline=None)
