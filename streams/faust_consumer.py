@@ -48,7 +48,9 @@ import faust
 from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
+from faust.types.tuples import ack_lock
 from faust.utils.functional import consecutive_numbers
+from mode.utils.futures import notify
 from mode.utils.queues import FlowControlEvent
 
 FAUST_VERSION = "0.15.3"
@@ -250,10 +252,42 @@ class ConcordConsumer(faust_aiokafka.Consumer):
         return int(batch[-1]) + 1
 
     def ack_all(self, messages: Iterable[Message]) -> None:
-        """Acknowledge a processed batch (messages held back are already marked acked)."""
-        ack = self.ack
-        for message in messages:
-            ack(message)
+        """Acknowledge a processed batch (messages held back are already marked acked).
+
+        Faust's `ack` for each message, under one hold of its lock and with one wake-up of
+        a commit waiting for acks, rather than both per message (the body is Faust 0.15's).
+        """
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        enabled: dict[str, bool] = {}
+        committed_offset = self._committed_offset
+        acked_index = self._acked_index
+        acked = self._acked
+        unacked = self._unacked_messages
+        n = 0
+        with ack_lock:
+            try:
+                for message in messages:
+                    if message.acked:
+                        continue
+                    message.acked = True
+                    topic = message.topic
+                    on = enabled.get(topic)
+                    if on is None:
+                        on = enabled[topic] = acks_enabled_for(topic)
+                    if not on:
+                        continue
+                    tp, offset = message.tp, message.offset
+                    committed = committed_offset[tp]
+                    if committed is None or offset >= committed:
+                        index = acked_index[tp]
+                        if offset not in index:
+                            unacked.discard(message)
+                            index.add(offset)
+                            acked[tp].append(offset)
+                            n += 1
+            finally:
+                self._n_acked += n
+                notify(self._waiting_for_ack)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
         # Faust's loop, fed by `_wait_next_records` directly: a fetched run of records for a

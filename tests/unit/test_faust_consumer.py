@@ -4,13 +4,16 @@ the stages' record inboxes."""
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
+from weakref import WeakSet
 
 import faust
 import pytest
 from faust.transport import consumer as faust_consumer_base
-from faust.types import TP
+from faust.types import TP, Message
 
 from streams import faust_consumer
 
@@ -141,3 +144,54 @@ async def test_a_cleared_inbox_forgets_its_paused_partitions() -> None:
     inbox.put_nowait([2])  # type: ignore[list-item]
     assert await inbox.take(1, within=0.0) == [2]
     assert resumed == []
+
+
+def _bare_consumer(acks_off: set[str]) -> Any:
+    consumer = consumer_with()
+    consumer.app = SimpleNamespace(
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: topic not in acks_off)
+    )
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer._committed_offset[TP("in", 1)] = 10
+    consumer._unacked_messages = WeakSet()
+    consumer._n_acked = 0
+    consumer._waiting_for_ack = None
+    return consumer
+
+
+def _messages() -> list[Message]:
+    made = []
+    for topic, partition, offset in [
+        ("in", 0, 3),
+        ("in", 0, 4),
+        ("in", 0, 4),
+        ("in", 1, 9),
+        ("in", 1, 10),
+        ("in", 1, 12),
+        ("quiet", 0, 1),
+        ("in", 0, 5),
+    ]:
+        made.append(Message(topic, partition, offset, 0.0, 0, None, None, b"v", None))
+    made[-1].acked = True  # held back by the stage: already marked
+    return made
+
+
+async def test_acking_a_batch_keeps_fausts_books_as_acking_each_message() -> None:
+    each, batch = _bare_consumer({"quiet"}), _bare_consumer({"quiet"})
+    one_by_one, together = _messages(), _messages()
+    for consumer, messages in ((each, one_by_one), (batch, together)):
+        consumer._unacked_messages.update(messages)
+    waiting = batch._waiting_for_ack = asyncio.get_running_loop().create_future()
+    for message in one_by_one:
+        faust_consumer_base.Consumer.ack(each, message)
+    batch.ack_all(together)
+    assert dict(batch._acked) == dict(each._acked) == {TP("in", 0): [3, 4], TP("in", 1): [10, 12]}
+    assert dict(batch._acked_index) == dict(each._acked_index)
+    assert batch._n_acked == each._n_acked == 4
+    assert [m.acked for m in together] == [m.acked for m in one_by_one] == [True] * 8
+    assert {(m.tp, m.offset) for m in batch._unacked_messages} == {
+        (m.tp, m.offset) for m in each._unacked_messages
+    }
+    assert waiting.done()  # a commit waiting for acks is woken
