@@ -50,8 +50,7 @@ class BatchProducer:
         return self.app.producer._ensure_producer()  # type: ignore[no-any-return]
 
     async def _partition_of(self, record: Outgoing) -> int:
-        if record.partition is not None:
-            return record.partition
+        # A record without a partition: by key, as Kafka's default partitioner.
         partitions = await self.partitions(record.topic)
         if record.key is None:
             return random.choice(partitions)
@@ -79,7 +78,9 @@ class BatchProducer:
         producer = self._aiokafka()
         groups: dict[tuple[str, int], list[Outgoing]] = {}
         for record in records:
-            partition = await self._partition_of(record)
+            partition = record.partition
+            if partition is None:  # most records name theirs: no coroutine per record
+                partition = await self._partition_of(record)
             groups.setdefault((record.topic, partition), []).append(record)
         pending = []
         for (topic, partition), group in groups.items():
