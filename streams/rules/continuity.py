@@ -8,8 +8,11 @@ rewind the consumer to the expected offset. Records beyond the gap are held back
 processed, not acknowledged) until the rewound fetch delivers them again.
 
 A jump can also be silent: the position moves past records and nothing more arrives. The
-wiring therefore audits each partition's fetch position on a timer; a position ahead of
-the expected offset with no progress for `stall_seconds` is rewound the same way.
+wiring therefore audits each partition's fetch position on a timer; a position that audits
+keep seeing ahead of the same expected offset for `stall_seconds` is rewound the same way.
+The clock starts at the first audit that sees it ahead, not at the partition's last
+progress: records the consumer has fetched but not yet handed over put the position ahead
+for a moment, and after a long quiet spell they must not look like a jump.
 
 A gap that persists after a rewind has settled is real (compacted-away offsets, transaction
 markers) and is accepted. Time is a monotonic clock reading passed in by the wiring.
@@ -50,7 +53,8 @@ class OffsetContinuity(Generic[Partition]):
         self.settle_seconds = settle_seconds
         self.stall_seconds = stall_seconds
         self._expected: dict[Partition, int] = {}
-        self._progress: dict[Partition, float] = {}
+        # (expected offset, when an audit first saw the position past it), while audits do
+        self._ahead: dict[Partition, tuple[int, float]] = {}
         self._rewinding: dict[Partition, tuple[int, float]] = {}
         self.rewinds = 0
         self.accepted_gaps = 0
@@ -59,7 +63,7 @@ class OffsetContinuity(Generic[Partition]):
         """Forget every partition (after a rebalance positions are re-established)."""
         self._expected.clear()
         self._rewinding.clear()
-        self._progress.clear()
+        self._ahead.clear()
 
     def partitions(self) -> list[Partition]:
         """The partitions with a known expected offset."""
@@ -83,7 +87,6 @@ class OffsetContinuity(Generic[Partition]):
         if expected is None or offset == expected:
             self._expected[partition] = offset + 1
             self._rewinding.pop(partition, None)
-            self._progress[partition] = now
             return _PROCESS
         if offset < expected:
             # A redelivery (after a rewind or rebalance): processing is idempotent.
@@ -91,14 +94,18 @@ class OffsetContinuity(Generic[Partition]):
         return self._jump(partition, expected, offset + 1, now, Admit.HOLD)
 
     def audit(self, partition: Partition, position: int | None, now: float) -> Verdict:
-        """Check a partition's fetch position: ahead of the expected offset without progress
-        for `stall_seconds` means records were skipped silently."""
+        """Check a partition's fetch position: seen ahead of the same expected offset for
+        `stall_seconds` means records were skipped silently."""
         expected = self._expected.get(partition)
         if expected is None or position is None or position <= expected:
-            self._progress[partition] = now
-            return Verdict(Admit.PROCESS)
-        if now - self._progress.setdefault(partition, now) < self.stall_seconds:
-            return Verdict(Admit.PROCESS)  # prefetched records are still on their way
+            self._ahead.pop(partition, None)
+            return _PROCESS
+        seen = self._ahead.get(partition)
+        if seen is None or seen[0] != expected:  # first seen ahead, or progress since
+            self._ahead[partition] = (expected, now)
+            return _PROCESS
+        if now - seen[1] < self.stall_seconds:
+            return _PROCESS  # prefetched records are still on their way
         return self._jump(partition, expected, position, now, Admit.PROCESS)
 
     def _jump(
@@ -114,6 +121,5 @@ class OffsetContinuity(Generic[Partition]):
         # The rewound fetch came back past the gap again: those offsets do not exist.
         self.accepted_gaps += 1
         self._expected[partition] = resume_at
-        self._progress[partition] = now
         del self._rewinding[partition]
         return Verdict(Admit.PROCESS)

@@ -72,10 +72,25 @@ def test_a_silent_jump_of_the_fetch_position_is_rewound_after_the_stall_time():
     c.start_at("p", 0)
     c.admit("p", 0, now=0.0)
     assert c.audit("p", 900, now=1.0).admit is Admit.PROCESS  # may be prefetch
-    assert c.audit("p", 900, now=4.9).admit is Admit.PROCESS
-    verdict = c.audit("p", 900, now=5.0)
+    assert c.audit("p", 900, now=5.9).admit is Admit.PROCESS
+    verdict = c.audit("p", 900, now=6.0)
     assert verdict.admit is Admit.REWIND
     assert verdict.rewind_to == 1
+
+
+def test_records_in_flight_after_a_quiet_spell_are_not_a_jump():
+    # The consumer fetched the partition's next records (its position moved) and hands
+    # them over a moment later: the first audit to see that starts the clock.
+    c: OffsetContinuity[str] = OffsetContinuity(settle_seconds=3.0, stall_seconds=5.0)
+    c.start_at("p", 0)
+    c.admit("p", 0, now=0.0)
+    assert c.audit("p", 1, now=60.0).admit is Admit.PROCESS  # caught up, quiet
+    assert c.audit("p", 40, now=120.0).admit is Admit.PROCESS  # fetched, not handed over
+    for offset in range(1, 40):
+        assert c.admit("p", offset, now=120.5).admit is Admit.PROCESS
+    assert c.audit("p", 80, now=126.0).admit is Admit.PROCESS  # progress since: clock anew
+    assert c.audit("p", 80, now=131.0).admit is Admit.REWIND  # and then none for 5 s
+    assert c.rewinds == 1
 
 
 def test_audit_sees_progress_as_healthy():
