@@ -417,10 +417,10 @@ class OrderJoin:
             outcome = Outcome.DUPLICATE
         if source is Source.ERP:
             details = event.get("order")
-            if isinstance(details, dict | Mapping):
+            if isinstance(details, Mapping):
                 _take_facts(state, details, t)
         tracking = event.get("tracking")
-        if tracking is not None and isinstance(tracking, dict | Mapping):
+        if isinstance(tracking, Mapping):
             _take_tracking(state, source, tracking, t)
 
         disagreeing = state.disagreeing()
@@ -466,9 +466,13 @@ def reached_fulfilling(erp: SystemView) -> bool:
 def observations_of(state: OrderState) -> list[Observation]:
     """Every latency observation the state implies now (for rebuilds and checks)."""
     out: list[Observation] = []
+    erp = state.systems.get(Source.ERP)
+    if erp is None:
+        return out
+    reached = reached_fulfilling(erp)
     for target in TARGETS:
         for phase in Phase:
-            value = _observation_value(state, target, phase)
+            value = _observation_value(state, erp, reached, target, phase)
             if value is not None:
                 out.append(measure(state.order_id, target, phase, value[0], value[1]))
     return out
@@ -535,18 +539,10 @@ _CANDIDATES = _build_candidates()
 
 
 def _observation_value(
-    state: OrderState, target: Source, phase: Phase
-) -> tuple[FirstSeen, FirstSeen] | None:
-    erp = state.systems.get(Source.ERP)
-    if erp is None:
-        return None
-    return _observed(state, erp, reached_fulfilling(erp), target, phase)
-
-
-def _observed(
     state: OrderState, erp: SystemView, reached: bool, target: Source, phase: Phase
 ) -> tuple[FirstSeen, FirstSeen] | None:
-    # _observation_value with the ERP's view and whether it reached fulfilling at hand.
+    # (ERP's entry into `phase`, target's first showing of it) when both are known and the
+    # target is in scope; `erp` is the ERP's view, `reached` whether it reached fulfilling.
     erp_first = erp.firsts.get(phase)
     if erp_first is None:
         return None
@@ -568,13 +564,13 @@ def _move_first(
         return []
     candidates = _candidates(source, phase)
     reached = reached_fulfilling(erp)
-    before = [_observed(state, erp, reached, target, p) for target, p in candidates]
+    before = [_observation_value(state, erp, reached, target, p) for target, p in candidates]
     view.firsts[phase] = first
     if view is erp:
         reached = reached_fulfilling(erp)
     out: list[Observation] = []
     for (target, p), old in zip(candidates, before, strict=True):
-        new = _observed(state, erp, reached, target, p)
+        new = _observation_value(state, erp, reached, target, p)
         if new is not None and new != old:
             out.append(measure(state.order_id, target, p, new[0], new[1], revised=old is not None))
     return out
