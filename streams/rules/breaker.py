@@ -91,11 +91,11 @@ from schemas.anomalies import (
     Team,
     deterministic_id,
 )
+from streams.rules.watermark import as_us, span_us
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
-_ONE_US = timedelta(microseconds=1)
-_MINUTE_US = MINUTE // _ONE_US
+_MINUTE_US = span_us(MINUTE)
 DEFAULT_WINDOW = timedelta(minutes=60)
 SCOPE = "intake"
 ROUTE = Route(team=Team.OPERATIONS, rule="breaker")
@@ -150,7 +150,7 @@ class IntakeCounts:
 
     def add(self, kind: IntakeKind, at: datetime, n: int = 1) -> bool:
         """Count `n` events of `kind` at event time `at`; False if its minute has expired."""
-        return self.add_us(kind, (_utc(at) - EPOCH) // _ONE_US, n)
+        return self.add_us(kind, as_us(_utc(at)), n)
 
     def add_us(self, kind: IntakeKind, at_us: int, n: int = 1) -> bool:
         """`add` at event time `at_us` (µs since the epoch), for the hot path."""
