@@ -174,10 +174,10 @@ def faust_worker(
                     )
             if ingested >= n and ingest_done is None:
                 ingest_done = now
+                if stages == "ingest":
+                    cpu_end = cpu_seconds(proc.pid)
             if joined > last_joined:
                 last_joined, last_change = joined, now
-                cpu_end = cpu_seconds(proc.pid)
-            elif stages == "ingest" and ingest_done == now:
                 cpu_end = cpu_seconds(proc.pid)
             # Done once every event is joined (ingested, for ingest alone); a stage quiet for
             # 15 s is done with fewer.
