@@ -122,4 +122,4 @@ class OffsetContinuity(Generic[Partition]):
         self.accepted_gaps += 1
         self._expected[partition] = resume_at
         del self._rewinding[partition]
-        return Verdict(Admit.PROCESS)
+        return _PROCESS
