@@ -42,7 +42,10 @@ order's first outcome, with no correction, was the alternative: no negative coun
 count would follow the first event to *arrive* (a retry's success arriving before the
 failure it retried would count a success for good). An event re-applied after a crash to a
 state that already holds it changes nothing and moves nothing; one re-applied to the state
-as the last commit left it moves what its first application moved.
+as the last commit left it moves what its first application moved. (What this does not
+change: deltas are folded whole, by their last offset, so a crash after a delta went out and
+before its offsets were committed, replayed in batches cut elsewhere, folds the moves of the
+events between the old cut and the new one twice; as with counting events before.)
 
 Counting across workers
 -----------------------
