@@ -83,7 +83,11 @@ def worker(
     settings = _settings(config, broker_url=broker_url, web_port=web_port, embedded_broker=embedded)
     from streams.runner import run_worker
 
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except SettingsError as exc:  # e.g. a non-loopback web host without an API token
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @cli.command()

@@ -56,7 +56,7 @@ def run_worker(settings: Settings) -> None:
     collect_less_often()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    app = create_app(settings)  # first: a setting it refuses stops the worker before the broker
     loop.run_until_complete(ensure_topics(settings))
-    app = create_app(settings)
     worker = ConcordWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()
