@@ -11,6 +11,7 @@ import faust
 from schemas.settings import Settings
 from streams.app import create_app
 from streams.topics import ensure_topics
+from streams.web_access import check_exposure
 
 
 class ConcordWorker(faust.Worker):
@@ -52,11 +53,12 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run_worker(settings: Settings) -> None:
     """Create missing topics, then run one worker until SIGINT/SIGTERM."""
+    check_exposure(settings)  # without a token, loopback only: refused before anything starts
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     collect_less_often()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    app = create_app(settings)  # first: a setting it refuses stops the worker before the broker
     loop.run_until_complete(ensure_topics(settings))
+    app = create_app(settings)
     worker = ConcordWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()
