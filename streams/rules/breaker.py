@@ -379,14 +379,11 @@ class Breaker:
         emits: list[Emit] = []
         self._evaluations = []
         while instant <= latest:
-            if (
-                instant < latest
-                and self._quiet()
-                and counts.window_totals(latest, latest - instant + window) == (0, 0, 0)
-            ):
-                # Nothing open and nothing counted up to the watermark: the evaluations in
-                # between would all be clear and change nothing, so a long jump costs one.
-                instant = latest
+            if instant < latest and self._quiet():
+                # Nothing open: every evaluation before the first whose window sees a count
+                # would be clear and change nothing. Jump to it (or to the watermark), so the
+                # cost is per counted minute, never per slot of an empty span of event time.
+                instant = min(latest, max(instant, _first_seeing(counts, instant, window, step)))
             totals = counts.window_totals(instant, window)
             emits += self._evaluate(instant, totals, detected_at)
             self._last = instant
@@ -633,6 +630,18 @@ def _utc(at: datetime) -> datetime:
 
 def _parse(raw: str | None) -> datetime | None:
     return None if raw is None else _utc(datetime.fromisoformat(raw))
+
+
+def _first_seeing(
+    counts: IntakeCounts, instant: datetime, window: timedelta, step: timedelta
+) -> datetime:
+    # The first aligned instant from which a window [at - window, at) sees the earliest count
+    # the window of `instant` may see; far future when there is none.
+    start = _minute_floor(instant) - window // MINUTE
+    counted = min((m for m in counts.buckets if m >= start), default=None)
+    if counted is None:
+        return datetime.max.replace(tzinfo=UTC)
+    return _floor(EPOCH + MINUTE * counted, step) + step
 
 
 def _floor(at: datetime, step: timedelta) -> datetime:
