@@ -134,6 +134,7 @@ class RefState:
     held: list[dict[str, Any]] = field(default_factory=list)  # waiting for a link
     ghosts: dict[str, Any] | None = None  # GhostState JSON of the unlinked reference
     waiting: list[Waiting] = field(default_factory=list)  # ERP only: waiting for the details
+    held_bytes: int = 0  # input bytes of the held and waiting events
 
     def to_json(self) -> dict[str, Any]:
         """A compact JSON-able form for the state table."""
@@ -148,6 +149,8 @@ class RefState:
             out["h"] = self.held
         if self.waiting:
             out["w"] = [w.to_json() for w in self.waiting]
+        if self.held_bytes:
+            out["n"] = self.held_bytes
         return out
 
     @classmethod
@@ -162,6 +165,7 @@ class RefState:
             held=list(raw.get("h", ())),
             ghosts=raw.get("g"),
             waiting=[Waiting.from_json(w) for w in raw.get("w", ())],
+            held_bytes=int(raw.get("n", 0)),
         )
 
 
@@ -190,6 +194,7 @@ class IngestRules:
         details_wait: timedelta = DEFAULT_DETAILS_WAIT,
         max_seen: int = 512,
         max_held: int = 256,
+        max_held_bytes: int = 256 * 1024,
     ):
         self.status_map = status_map
         self.limits = limits
@@ -200,6 +205,9 @@ class IngestRules:
         )
         self.max_seen = max_seen
         self.max_held = max_held
+        # The reference's state is one changelog record: with what it holds at most ~2.5 times
+        # this (a waiting event keeps its bytes and its normalised form), under Kafka's 1 MiB.
+        self.max_held_bytes = max_held_bytes
         self._received: tuple[datetime, str] | None = None  # a batch's received_at, as text
         self._plausible: tuple[datetime, int, int] | None = None  # wall, from, to (µs)
 
@@ -267,11 +275,11 @@ class IngestRules:
         if event.source is Source.ERP and not state.has_order:
             if event.order is None:
                 waiting = Waiting(normalized, raw, origin)
-                return self._hold(state, event.event_id, state.waiting, waiting, "its details")
+                return self._hold(state, event, state.waiting, waiting, len(raw), "its details")
             state.has_order = True
         link = event.erp_order_id or state.link
         if link is None:
-            return self._hold(state, event.event_id, state.held, normalized, "a link")
+            return self._hold(state, event, state.held, normalized, len(raw), "a link")
 
         if state.link is None:
             state.link = link
@@ -282,6 +290,7 @@ class IngestRules:
             held["erp_order_id"] = state.link
             forward.append((state.link, held))
         state.held = []
+        state.held_bytes = 0
         normalized["order_id"] = link
         normalized["erp_order_id"] = link
         forward.append((link, normalized))
@@ -306,24 +315,33 @@ class IngestRules:
         expired = [w for w in state.waiting if _event_order(w)[0] <= cut]
         if expired:
             state.waiting = [w for w in state.waiting if _event_order(w)[0] > cut]
+            state.held_bytes -= sum(len(w.raw) for w in expired)
             gone = {w.event["event_id"] for w in expired}
             state.seen = [i for i in state.seen if i not in gone]
         return expired
 
     def _hold(
-        self, state: RefState, event_id: str, queue: list[Any], item: Any, waits_for: str
+        self,
+        state: RefState,
+        event: ChangeEvent,
+        queue: list[Any],
+        item: Any,
+        size: int,
+        waits_for: str,
     ) -> Applied:
-        # In the reference's state, up to max_held events.
-        if len(queue) >= self.max_held:
+        # In the reference's state, up to max_held events and max_held_bytes of input.
+        if len(queue) >= self.max_held or state.held_bytes + size > self.max_held_bytes:
             return Applied(
                 Outcome.REJECTED,
                 rejection=Rejection(
                     Reason.HELD_OVERFLOW,
-                    f"{self.max_held} events of this reference already wait for {waits_for}",
+                    f"{len(queue)} events ({state.held_bytes} bytes) of this reference already "
+                    f"wait for {waits_for}: at most {self.max_held} ({self.max_held_bytes} bytes)",
                 ),
             )
-        self._remember(state, event_id)
+        self._remember(state, event.event_id)
         queue.append(item)
+        state.held_bytes += size
         return Applied(Outcome.HELD)
 
     def _remember(self, state: RefState, event_id: str) -> None:

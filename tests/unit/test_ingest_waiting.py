@@ -172,13 +172,36 @@ def test_waiting_events_are_bounded_per_order():
     overflow = _apply(_erp("e9", "CONFIRMED", 9), state, rules=rules).rejection
     assert overflow is not None
     assert overflow.reason is Reason.HELD_OVERFLOW
-    assert overflow.error == "3 events of this reference already wait for its details"
+    assert overflow.error == (
+        f"3 events ({state.held_bytes} bytes) of this reference already wait for its details: "
+        f"at most 3 ({256 * 1024} bytes)"
+    )
+
+
+def test_held_input_is_bounded_in_bytes_per_reference():
+    # The reference's state is one changelog record: it must stay well under a broker's
+    # largest message however many events it holds.
+    first, second = _erp("e2", "CONFIRMED", 1), _erp("e3", "ALLOCATED", 2)
+    rules = IngestRules(default_status_map(), max_held_bytes=len(first) + len(second) - 1)
+    state = RefState()
+    assert _apply(first, state, rules=rules).outcome is Outcome.HELD
+    assert state.held_bytes == len(first)
+    overflow = _apply(second, state, rules=rules).rejection
+    assert overflow is not None
+    assert overflow.reason is Reason.HELD_OVERFLOW
+    # Expired or released, the bytes are free again.
+    assert rules.expire_waiting(state, as_us(T0 + timedelta(minutes=1) + WAIT)) != []
+    assert state.held_bytes == 0
+    assert _apply(second, state, rules=rules).outcome is Outcome.HELD
+    assert _apply(_feed()["e1"], state, rules=rules).outcome is Outcome.ACCEPTED
+    assert state.held_bytes == 0
+    assert RefState.from_json(state.to_json()) == state
 
 
 def test_waiting_survives_the_state_table_with_its_exact_bytes_and_key():
     raw = _erp("e2", "已审核", 1)
     waiting = Waiting(orjson.loads(raw), raw, Origin(3, 7, b"\xff\x00SO1"))
-    state = RefState(seen=["e2"], waiting=[waiting])
+    state = RefState(seen=["e2"], waiting=[waiting], held_bytes=len(raw))
     again = RefState.from_json(orjson.loads(orjson.dumps(state.to_json())))
     assert again == state
     assert RefState.from_json(RefState().to_json()).waiting == []
