@@ -203,6 +203,16 @@ class EmbeddedBroker:
             self.store is None or self.store.process.poll() is None
         )
 
+    def revive(self, timeout: float = 20.0) -> bool:
+        """Start tansu again if it exited while its store still runs (durable only); whether
+        it did. Every topic, record and committed offset is there again."""
+        if self.store is None or self.store.process.poll() is not None:
+            return False
+        if self.process.poll() is None:
+            return False
+        self.process = _start_tansu(self.host, self.port, self.store, self.log_path, timeout)
+        return True
+
     def restart(self, timeout: float = 20.0, *, kill: bool = False) -> None:
         """Stop tansu (SIGTERM, or SIGKILL with kill) and start it again on the same port and
         storage; the store keeps running.

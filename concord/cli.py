@@ -77,10 +77,18 @@ def broker(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.is_set() and running.alive:
+        while not stop.is_set():
+            if not running.alive:
+                code = running.process.returncode
+                # Durable: a tansu that crashed or was killed comes back on the same store.
+                if not running.revive():
+                    break
+                console.print(f"tansu exited (code {code}); started again on the same store")
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
+    except BrokerError as exc:
+        console.print(f"[red]{exc}[/red]")
     finally:
         running.stop()
     code = running.process.returncode

@@ -4,6 +4,10 @@ running worker's progress across restarts of tansu."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from concord.broker import EmbeddedBroker, start_broker
+from concord.broker import EmbeddedBroker, free_port, start_broker, wait_for_port
 from concord.scenario import ScenarioConfig, encode, generate
 from sinks.metrics import metric_samples
 from tests.integration.harness import (
@@ -90,6 +94,64 @@ def test_records_and_committed_offsets_survive_restarts(durable_broker, prefix):
     back = asyncio.run(read_all(bootstrap, [topic], until=lambda rs: len(rs) >= len(sent)))
     assert sorted((r.key, r.value) for r in back) == sorted((k, v) for _, k, v in sent)
     assert asyncio.run(_committed(bootstrap, prefix, partitions)) == offsets
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Child process id -> its command line (Linux /proc)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        kids = [int(k) for k in f.read().split()]
+    out = {}
+    for kid in kids:
+        with open(f"/proc/{kid}/cmdline", "rb") as f:
+            out[kid] = f.read().replace(b"\0", b" ").decode()
+    return out
+
+
+def _tansu_children(pid: int) -> set[int]:
+    return {p for p, cmd in _children(pid).items() if "tansu" in cmd}
+
+
+def test_concord_broker_durable_brings_a_killed_tansu_back(tmp_path, prefix):
+    port = free_port()
+    command = ["concord", "broker", "--durable", "--port", str(port)]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", *command, "--data-dir", str(tmp_path / "broker")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 60)
+        bootstrap = f"127.0.0.1:{port}"
+        topic = f"{prefix}.erp.events"
+        asyncio.run(_create_topic(bootstrap, topic))
+        sent = [(topic, f"k{i}".encode(), f"v{i}".encode()) for i in range(1000)]
+        asyncio.run(produce(bootstrap, sent))
+        [killed] = _tansu_children(cli.pid)
+        os.kill(killed, signal.SIGKILL)
+
+        deadline = time.monotonic() + 30
+        while not (again := _tansu_children(cli.pid) - {killed}):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        wait_for_port("127.0.0.1", port, 30)
+        back = asyncio.run(read_all(bootstrap, [topic], until=lambda rs: len(rs) >= len(sent)))
+        assert sorted((r.key, r.value) for r in back) == sorted((k, v) for _, k, v in sent)
+        children = set(_children(cli.pid))
+        assert again <= children
+        assert len(children) == 2  # tansu and its S3 store
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        out, _ = cli.communicate(timeout=60)
+    assert cli.returncode == 0
+    assert b"started again on the same store" in out
+    for child in children:  # stopping the broker stopped both
+        assert not os.path.exists(f"/proc/{child}") or _zombie(child)
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1].startswith("Z")
 
 
 @dataclass
