@@ -192,11 +192,6 @@ class EmbeddedBroker:
         return f"kafka://{self.host}:{self.port}"
 
     @property
-    def durable(self) -> bool:
-        """Whether topics and committed offsets survive a restart of tansu."""
-        return self.store is not None
-
-    @property
     def alive(self) -> bool:
         """Whether tansu (and its store, if durable) still runs."""
         return self.process.poll() is None and (
@@ -206,9 +201,9 @@ class EmbeddedBroker:
     def revive(self, timeout: float = 20.0) -> bool:
         """Start tansu again if it exited while its store still runs (durable only); whether
         it did. Every topic, record and committed offset is there again."""
-        if self.store is None or self.store.process.poll() is not None:
+        if self.process.poll() is None or self.store is None:
             return False
-        if self.process.poll() is None:
+        if self.store.process.poll() is not None:
             return False
         self.process = _start_tansu(self.host, self.port, self.store, self.log_path, timeout)
         return True

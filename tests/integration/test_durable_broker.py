@@ -168,58 +168,71 @@ def _processed(worker: WorkerProcess) -> float:
     return sum(metric_samples(metrics, "concord_events_total").values())
 
 
-def _feed_once(broker: EmbeddedBroker, tmp: Path, prefix: str, scenario: Any, restarts: int) -> Run:
-    """Publish the scenario to a fresh worker; restart tansu `restarts` times while it works."""
-    bootstrap = f"127.0.0.1:{broker.port}"
+def _records(scenario: Any, prefix: str) -> list[tuple[str, bytes, bytes]]:
     records = []
     for entry in scenario.events:
         source, value = encode(entry)
         records.append((f"{prefix}.{source}.events", entry["order_ref"].encode(), value))
+    return records
+
+
+def _settled_events(bootstrap: str, topic: str, worker: WorkerProcess) -> list[dict]:
+    """Every event on `topic` once two reads a few seconds apart agree."""
+    deadline = time.monotonic() + 180
+    last = -1
+    while True:
+        events = [e for _, e in normalized_events(asyncio.run(read_all(bootstrap, [topic])))]
+        if events and len(events) == last:
+            return events
+        assert time.monotonic() < deadline, worker.log_tail()
+        last = len(events)
+        time.sleep(2)
+
+
+def _wait_for_watermark(worker: WorkerProcess, settled: datetime) -> None:
+    deadline = time.monotonic() + 120
+    while (wm := httpx.get(worker.url("/kpis"), timeout=30).json()["watermark"]) is None or (
+        datetime.fromisoformat(wm) != settled
+    ):
+        assert time.monotonic() < deadline, (wm, settled, worker.log_tail())
+        time.sleep(0.5)
+
+
+def _feed_once(broker: EmbeddedBroker, tmp: Path, prefix: str, scenario: Any, restarts: int) -> Run:
+    """Publish the scenario to a fresh worker; restart tansu `restarts` times while it works."""
+    bootstrap = f"127.0.0.1:{broker.port}"
+    records = _records(scenario, prefix)
     tmp.mkdir()
-    # Quiet partitions let go of event time after 10 s (longer than a restart keeps the worker
-    # waiting), and the wall-clock fallback is off: the watermark settles at the newest event
-    # minus the allowed lateness, the same in every run.
+    # Quiet partitions let go of event time after the default 60 s, longer than a restart keeps
+    # the worker waiting (at 10 s, three runs of three with a SIGKILL first published status
+    # conflicts and missing-in-system anomalies that opened and resolved: event time had run
+    # on without the stalled partitions). The wall-clock fallback is off: the watermark
+    # settles at the newest event minus the allowed lateness, the same in every run.
     worker = new_worker(
         broker.url,
         tmp,
         prefix,
-        CONCORD_SOURCE_IDLE_AFTER="PT10S",
+        CONCORD_SOURCE_IDLE_AFTER="PT60S",
         CONCORD_WATERMARK_IDLE_AFTER="PT1H",
     )
     worker.start()
     try:
         asyncio.run(produce(bootstrap, records))
         processed_at_restarts = []
-        # Mid-feed: once a quarter, then half of the records are through; the first stop is
-        # graceful (SIGTERM), the second abrupt (SIGKILL).
+        # Mid-feed: once a quarter, then half of the records are through. The first stop is
+        # abrupt (SIGKILL); the second graceful (SIGTERM: tansu serves its open connections
+        # for up to 5 s more, then drops them).
         for i in range(restarts):
             deadline = time.monotonic() + 120
             while (done := _processed(worker)) < len(records) * (i + 1) / 4:
                 assert time.monotonic() < deadline, worker.log_tail()
                 time.sleep(0.05)
             processed_at_restarts.append(done)
-            broker.restart(kill=i % 2 == 1)
+            broker.restart(kill=i % 2 == 0)
 
-        normalized_topic = f"{prefix}.normalized"
-        last = -1
-        deadline = time.monotonic() + 180
-        while True:  # complete once two reads a few seconds apart agree
-            events = [
-                e
-                for _, e in normalized_events(asyncio.run(read_all(bootstrap, [normalized_topic])))
-            ]
-            if events and len(events) == last:
-                break
-            assert time.monotonic() < deadline, worker.log_tail()
-            last = len(events)
-            time.sleep(2)
+        events = _settled_events(bootstrap, f"{prefix}.normalized", worker)
         newest = max(datetime.fromisoformat(e["occurred_at"]) for e in events)
-        settled = newest - timedelta(minutes=2)
-        while (wm := httpx.get(worker.url("/kpis"), timeout=30).json()["watermark"]) is None or (
-            datetime.fromisoformat(wm) != settled
-        ):
-            assert time.monotonic() < deadline, (wm, settled, worker.log_tail())
-            time.sleep(0.5)
+        _wait_for_watermark(worker, newest - timedelta(minutes=2))
         outputs = asyncio.run(read_all(bootstrap, [f"{prefix}.anomalies", f"{prefix}.commands"]))
         # The same process throughout, still running: it reconnected by itself.
         assert worker.starts == 1
@@ -236,13 +249,14 @@ def _feed_once(broker: EmbeddedBroker, tmp: Path, prefix: str, scenario: Any, re
 def _what(topic: str, body: dict[str, Any]) -> tuple[Any, ...]:
     """An output as a run must reproduce it.
 
-    A contradiction's id is minted from the moment the worker first saw the systems disagree,
-    which depends on how it interleaved their partitions: two runs without any restart
-    already differ there (measured), so for those the order, state and severity must match.
+    A status conflict's id is minted from the moment the worker first saw the systems
+    disagree, which depends on how it interleaved their partitions: two runs without any
+    restart already differ there (measured), so for those the order, state and severity must
+    match.
     """
     if topic == "commands":
         return (topic, body["kind"], body["payload"].get("order_id"), body["command_id"])
-    anomaly_id = None if body.get("contradiction") else body["anomaly_id"]
+    anomaly_id = None if body["type"] == "status_conflict" else body["anomaly_id"]
     return (topic, body["type"], body["order_id"], body["state"], body["severity"], anomaly_id)
 
 
