@@ -204,7 +204,7 @@ def _feed_once(broker: EmbeddedBroker, tmp: Path, prefix: str, scenario: Any, re
     records = _records(scenario, prefix)
     tmp.mkdir()
     # Quiet partitions let go of event time after the default 60 s, longer than a restart keeps
-    # the worker waiting (at 10 s, three runs of three with a SIGKILL first published status
+    # the worker waiting (at 10 s, three runs of four with a SIGKILL first published status
     # conflicts and missing-in-system anomalies that opened and resolved: event time had run
     # on without the stalled partitions). The wall-clock fallback is off: the watermark
     # settles at the newest event minus the allowed lateness, the same in every run.
