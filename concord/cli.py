@@ -51,26 +51,53 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 def broker(
     port: Annotated[int, typer.Option(help="Port to listen on (loopback)")] = 9092,
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    durable: Annotated[
+        bool,
+        typer.Option(
+            "--durable/--memory",
+            help="Keep topics and offsets in a local S3 store (moto) across tansu restarts",
+        ),
+    ] = False,
+    data_dir: Annotated[Path, typer.Option(help="Where a durable broker writes its logs")] = Path(
+        ".concord/broker"
+    ),
 ) -> None:
-    """Run the embedded Kafka-protocol broker (tansu, in-memory) until Ctrl-C or SIGTERM."""
+    """Run the embedded Kafka-protocol broker (tansu) until Ctrl-C or SIGTERM."""
     from concord.broker import BrokerError, start_broker
 
+    if durable:
+        data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        running = start_broker(port, host)
+        running = start_broker(
+            port,
+            host,
+            durable=durable,
+            log_path=data_dir / "tansu.log" if durable else None,
+            store_log_path=data_dir / "store.log" if durable else None,
+        )
     except BrokerError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+    storage = f"durable, S3 store {running.store.endpoint}" if running.store else "in-memory"
     console.print(
-        f"broker ready on [bold]{running.url}[/bold] (in-memory; set "
+        f"broker ready on [bold]{running.url}[/bold] ({storage}; set "
         "CONCORD_BROKER_URL and CONCORD_EMBEDDED_BROKER=true for workers). Ctrl-C stops it."
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.is_set() and running.process.poll() is None:
+        while not stop.is_set():
+            if not running.alive:
+                code = running.process.returncode
+                # Durable: a tansu that crashed or was killed comes back on the same store.
+                if not running.revive():
+                    break
+                console.print(f"tansu exited (code {code}); started again on the same store")
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
+    except BrokerError as exc:
+        console.print(f"[red]{exc}[/red]")
     finally:
         running.stop()
     code = running.process.returncode
