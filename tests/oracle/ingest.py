@@ -149,11 +149,14 @@ def ingest(records: Iterable[Mapping[str, Any]]) -> Ingested:
     """Validate, drop re-sends, hold ERP events until their details, link through the
     crosswalk (see the module docstring)."""
     out = Ingested()
+    checked = [check(record) for record in records]
+    detailed = {e["order_ref"] for e, _ in checked if e and e["source"] == "erp" and e.get("order")}
     seen: set[tuple[str, str]] = set()
     valid: list[dict[str, Any]] = []
-    for record in records:
-        event, reason = check(record)
-        if event is None:
+    for event, reason in checked:
+        if event is not None and event["source"] == "erp" and event["order_ref"] not in detailed:
+            reason = "missing_order"  # its details never come: every copy is rejected
+        if event is None or reason is not None:
             out.dead_letters[str(reason)] += 1
             continue
         key = (event["source"], event["event_id"])
@@ -195,10 +198,7 @@ def _accepted(event: dict[str, Any], order_id: str, known: int) -> Accepted:
 
 
 def _erp_reference(out: Ingested, events: list[dict[str, Any]]) -> None:
-    details = next((e for e in events if e.get("order") is not None), None)
-    if details is None:
-        out.dead_letters["missing_order"] += len(events)
-        return
+    details = next(e for e in events if e.get("order") is not None)
     since = parse_time(details["occurred_at"])
     assert since is not None
     for event in events:
