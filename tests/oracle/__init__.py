@@ -24,7 +24,7 @@ from typing import Any
 from tests.oracle.contract import AnomalyRecord, CommandRecord
 from tests.oracle.ghosts import Thresholds, order_ghosts, unlinked_orphan
 from tests.oracle.ingest import Ingested, ingest
-from tests.oracle.intake import BreakerRules, breaker, duplicates
+from tests.oracle.intake import BreakerRules, breaker, duplicates, intake_figures
 from tests.oracle.kpis import Kpis, kpis
 
 __all__ = ["AnomalyRecord", "CommandRecord", "Expected", "OracleSettings", "expected"]
@@ -105,7 +105,8 @@ def expected(
         if orphan is not None:
             anomalies.append(orphan)
     anomalies += duplicates(log.orders, horizon_us, _us(settings.duplicate_window))
-    overloads, intake_commands = breaker(log.orders, horizon_us, settings.breaker)
+    figures = intake_figures(log.orders, horizon_us, settings.breaker)
+    overloads, intake_commands = breaker(figures, settings.breaker)
     anomalies += overloads
     commands += intake_commands
     by_id = {a.anomaly_id: a for a in anomalies}

@@ -126,10 +126,14 @@ def _iso(at_us: int) -> str:
     return from_us(at_us).isoformat()
 
 
-def breaker(
+Figures = tuple[int, int, int, int]
+"""(evaluation instant, orders created, orders with a reservation attempt, of them failed)."""
+
+
+def intake_figures(
     orders: Mapping[str, list[Accepted]], horizon: int, rules: BreakerRules
-) -> tuple[list[AnomalyRecord], list[CommandRecord]]:
-    """The breaker's anomalies and commands up to `horizon`."""
+) -> list[Figures]:
+    """The stage-1 figures at every evaluation instant up to `horizon`."""
     created: list[tuple[int, int]] = []  # (at, known) of each order's creation
     attempts: list[tuple[int, int, str, bool]] = []  # (at, known, order, failed)
     for order_id, events in orders.items():
@@ -144,73 +148,76 @@ def breaker(
     created.sort()
     attempts.sort()
     times = [at for at, _ in created] + [a[0] for a in attempts]
-    anomalies: list[AnomalyRecord] = []
-    commands: list[CommandRecord] = []
     if not times:
-        return anomalies, commands
+        return []
+    out: list[Figures] = []
     step = rules.evaluate_every
     instant = min(times) // step * step + step
-    streak = 0
-    warning: AnomalyRecord | None = None
-    throttle: AnomalyRecord | None = None
-    clear_since: int | None = None
     while instant <= horizon:
         start = instant - rules.window
         n_created = sum(1 for _, known in _between(created, start, instant) if known <= instant)
         seen = [(o, f) for _, known, o, f in _between(attempts, start, instant) if known <= instant]
-        tried = {o for o, _ in seen}
-        failed = {o for o, f in seen if f}
+        out.append((instant, n_created, len({o for o, _ in seen}), len({o for o, f in seen if f})))
+        instant += step
+    return out
+
+
+def breaker(
+    figures: list[Figures], rules: BreakerRules
+) -> tuple[list[AnomalyRecord], list[CommandRecord]]:
+    """The breaker's anomalies and commands from its figures at each evaluation."""
+    anomalies: list[AnomalyRecord] = []
+    commands: list[CommandRecord] = []
+    streak = 0
+    warning: AnomalyRecord | None = None
+    throttle: AnomalyRecord | None = None
+    clear_since: int | None = None
+    for instant, created, tried, failed in figures:
         holds = (
-            n_created > rules.min_orders
-            and bool(tried)
-            and Fraction(len(failed), len(tried)) > rules.failure_rate
+            created > rules.min_orders
+            and tried > 0
+            and Fraction(failed, tried) > rules.failure_rate
         )
         if warning is not None:
             warning.resolved_us = instant
             warning = None
-        if holds:
-            streak += 1
-            clear_since = None
-            warning = _breaker_anomaly(
-                "intake_overload", "warning", instant, n_created, tried, failed
-            )
-            anomalies.append(warning)
-            if throttle is None and streak >= rules.warnings_to_throttle:
-                throttle = _breaker_anomaly(
-                    "intake_throttled", "critical", instant, n_created, tried, failed
-                )
-                anomalies.append(throttle)
-                kind = "intake.throttle"
-                commands.append(
-                    CommandRecord(
-                        command_id(kind, "intake", _iso(instant)),
-                        kind,
-                        instant,
-                        {"mode": "vip_only"},
-                    )
-                )
-        else:
+        if not holds:
             streak = 0
             clear_since = instant if clear_since is None else clear_since
             if throttle is not None and instant - clear_since >= rules.clear_for:
                 throttle.resolved_us = instant
-                kind = "intake.resume"
-                commands.append(
-                    CommandRecord(
-                        command_id(kind, "intake", _iso(throttle.opened_us)),
-                        kind,
-                        instant,
-                        {
-                            "reason": "cleared",
-                            "throttle_command_id": command_id(
-                                "intake.throttle", "intake", _iso(throttle.opened_us)
-                            ),
-                        },
-                    )
-                )
+                commands.append(_resume(throttle.opened_us, instant))
                 throttle = None
-        instant += step
+            continue
+        streak += 1
+        clear_since = None
+        warning = _breaker_anomaly("intake_overload", "warning", instant, created, tried, failed)
+        anomalies.append(warning)
+        if throttle is None and streak >= rules.warnings_to_throttle:
+            throttle = _breaker_anomaly(
+                "intake_throttled", "critical", instant, created, tried, failed
+            )
+            anomalies.append(throttle)
+            kind = "intake.throttle"
+            commands.append(
+                CommandRecord(
+                    command_id(kind, "intake", _iso(instant)), kind, instant, {"mode": "vip_only"}
+                )
+            )
     return anomalies, commands
+
+
+def _resume(throttled_at: int, at: int) -> CommandRecord:
+    kind = "intake.resume"
+    return CommandRecord(
+        command_id(kind, "intake", _iso(throttled_at)),
+        kind,
+        at,
+        {
+            "reason": "cleared",
+            "throttle_command_id": command_id("intake.throttle", "intake", _iso(throttled_at)),
+        },
+    )
 
 
 def _between(rows: list[Any], start: int, end: int) -> list[Any]:
@@ -219,7 +226,7 @@ def _between(rows: list[Any], start: int, end: int) -> list[Any]:
 
 
 def _breaker_anomaly(
-    type_: str, severity: str, at: int, created: int, tried: set[str], failed: set[str]
+    type_: str, severity: str, at: int, created: int, tried: int, failed: int
 ) -> AnomalyRecord:
     return AnomalyRecord(
         anomaly_id(type_, "intake", _iso(at)),
@@ -230,5 +237,5 @@ def _breaker_anomaly(
         None,
         team_of(type_, severity, ()),
         (),
-        {"orders_created": created, "attempted": len(tried), "failed": len(failed)},
+        {"orders_created": created, "attempted": tried, "failed": failed},
     )

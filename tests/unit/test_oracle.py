@@ -3,59 +3,17 @@ generator (tests/logs.py) on what it plants."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
 from schemas.anomalies import deterministic_id
-from tests.logs import Knobs, feed_logs, generate, generate_with
+from tests.logs import DETAILS, T0, TRACKING, HandLog, Knobs, at, feed_logs, generate, generate_with
 from tests.oracle import OracleSettings, expected
 from tests.oracle.contract import to_us
 from tests.oracle.intake import BreakerRules
-
-T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-DETAILS = {
-    "customer_id": "C001",
-    "channel": "website",
-    "lines": [{"sku": "A1234567-BK", "qty": 1, "unit_price": "10.00"}],
-    "amount": "10.00",
-    "currency": "CNY",
-}
-TRACKING = {"carrier": "SF", "tracking_no": "SF0001"}
-
-
-def at(minutes: float = 0, hours: float = 0) -> int:
-    """µs of T0 + the offset."""
-    return to_us(T0 + timedelta(minutes=minutes, hours=hours))
-
-
-class Log:
-    """A hand-written log: events in publication order, ids minted per source."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def add(self, source: str, ref: str, status: str, when: int, **extra: Any) -> dict[str, Any]:
-        event = {
-            "event_id": f"{source}-{len(self.events)}",
-            "source": source,
-            "order_ref": ref,
-            "status": status,
-            "occurred_at": datetime.fromtimestamp(when / 1e6, UTC).isoformat(),
-            **extra,
-        }
-        self.events.append(event)
-        return event
-
-    def erp(self, ref: str, status: str, when: int, **extra: Any) -> dict[str, Any]:
-        if not any(e["source"] == "erp" and e["order_ref"] == ref for e in self.events):
-            extra.setdefault("order", dict(DETAILS, customer_id=f"C-{ref}"))
-        return self.add("erp", ref, status, when, **extra)
-
-    def crm(self, order: str, status: str, when: int) -> dict[str, Any]:
-        return self.add("crm", f"CS-{order}", status, when, erp_order_id=order)
 
 
 def aid(type_: str, order: str, trigger: str) -> str:
@@ -69,10 +27,10 @@ def summary(exp: Any) -> dict[str, tuple[str, str, int, int | None]]:
     }
 
 
-def catch_up_log() -> Log:
+def catch_up_log() -> HandLog:
     """Issue 16's catch-up case: the WMS never reports; the ERP goes allocated, shipped,
     delivered; the CRM and the carrier follow closely."""
-    log = Log()
+    log = HandLog()
     log.erp("SO1", "CREATED", at(0))
     log.crm("SO1", "NEW", at(1))
     log.erp("SO1", "ALLOCATED", at(10))
@@ -136,7 +94,7 @@ def test_a_silent_wms_holds_its_missing_flag_back_until_it_is_back():
 
 
 def test_orphan_of_an_erp_id_opens_after_30_min_and_resolves_when_the_erp_reports():
-    log = Log()
+    log = HandLog()
     log.crm("SO-X", "NEW", at(0))
     log.crm("SO-X", "CONFIRMED", at(10))
     log.erp("SO-X", "CREATED", at(50))
@@ -149,7 +107,7 @@ def test_orphan_of_an_erp_id_opens_after_30_min_and_resolves_when_the_erp_report
 
 
 def test_an_unlinked_reference_is_an_orphan_by_its_own_ref_until_its_link():
-    log = Log()
+    log = HandLog()
     log.erp("SO2", "CREATED", at(-5))
     log.add("crm", "CS-9", "NEW", at(0))  # no erp_order_id yet
     log.add("crm", "CS-9", "CONFIRMED", at(45), erp_order_id="SO2")  # the link
@@ -165,7 +123,7 @@ def test_an_unlinked_reference_is_an_orphan_by_its_own_ref_until_its_link():
 
 
 def test_a_status_conflict_opens_30_min_after_the_disagreement_began():
-    log = Log()
+    log = HandLog()
     log.erp("SO3", "CREATED", at(0))
     log.crm("SO3", "CONFIRMED", at(1))
     log.erp("SO3", "ALLOCATED", at(20))
@@ -179,7 +137,7 @@ def test_a_status_conflict_opens_30_min_after_the_disagreement_began():
 
 
 def test_a_cancel_after_the_wms_shipped_is_critical_at_once():
-    log = Log()
+    log = HandLog()
     log.erp("SO4", "CREATED", at(0))
     log.crm("SO4", "NEW", at(1))
     log.erp("SO4", "ALLOCATED", at(10))
@@ -196,7 +154,7 @@ def test_a_cancel_after_the_wms_shipped_is_critical_at_once():
     assert exp.anomalies[conflict].team == "warehouse"
 
 
-def _shipped(log: Log, order: str, scans: list[float]) -> None:
+def _shipped(log: HandLog, order: str, scans: list[float]) -> None:
     log.erp(order, "CREATED", at(0))
     log.crm(order, "NEW", at(1))
     log.erp(order, "SHIPPED", at(hours=1))
@@ -215,7 +173,7 @@ def _shipped(log: Log, order: str, scans: list[float]) -> None:
 
 
 def test_stalls_warn_at_24h_turn_critical_at_72h_and_send_two_commands_once():
-    log = Log()
+    log = HandLog()
     _shipped(log, "SO5", [2])
     _shipped(log, "SO6", [2, 30])
     _shipped(log, "SO7", [])
@@ -248,7 +206,7 @@ def test_stalls_warn_at_24h_turn_critical_at_72h_and_send_two_commands_once():
 
 
 def test_duplicates_pair_within_15_minutes_inclusive_across_a_bucket_edge():
-    log = Log()
+    log = HandLog()
     placed = {"A": at(-1, hours=5), "B": at(1, hours=5), "C": at(16, hours=5), "D": at(hours=5)}
     for order, when in placed.items():
         details = dict(DETAILS, customer_id="C042 ", channel="jd_pop" if order == "C" else "pos")
@@ -274,7 +232,7 @@ def test_duplicates_pair_within_15_minutes_inclusive_across_a_bucket_edge():
 
 
 def test_the_breaker_warns_throttles_and_resumes():
-    log = Log()
+    log = HandLog()
     for n in range(4):
         order = f"SO{n}"
         log.erp(order, "CREATED", at(1 + n))
@@ -311,7 +269,7 @@ def test_the_breaker_warns_throttles_and_resumes():
 
 
 def test_ingest_holds_what_waits_and_rejects_what_the_contract_rejects():
-    log = Log()
+    log = HandLog()
     log.erp("SO8", "CONFIRMED", at(1), order=None)  # published before the details: held
     log.erp("SO8", "CREATED", at(2), order=DETAILS)
     log.erp("SO8", "APPROVED", at(0.5), order=None)  # earlier in event time than the details
@@ -333,7 +291,7 @@ def test_ingest_holds_what_waits_and_rejects_what_the_contract_rejects():
 
 
 def test_kpis_from_a_few_orders():
-    log = Log()
+    log = HandLog()
     log.erp("K1", "CREATED", at(0))
     log.crm("K1", "NEW", at(0.5))
     log.erp("K1", "ALLOCATED", at(10))
