@@ -319,15 +319,11 @@ class _Builder:
         return order
 
     def _details(self, order: _Order) -> dict[str, Any]:
+        priced = [(sku, self.rng.randint(1, 4), self.rng.randint(20, 900)) for sku in order.skus]
         lines = [
-            {
-                "sku": sku,
-                "qty": self.rng.randint(1, 4),
-                "unit_price": f"{self.rng.randint(20, 900)}.00",
-            }
-            for sku in order.skus
+            {"sku": sku, "qty": qty, "unit_price": f"{price}.00"} for sku, qty, price in priced
         ]
-        amount = sum(int(line["qty"]) * int(line["unit_price"][:-3]) for line in lines)
+        amount = sum(qty * price for _, qty, price in priced)
         details: dict[str, Any] = {
             "customer_id": order.customer,
             "channel": order.channel,

@@ -21,8 +21,10 @@ SOURCES = ("erp", "crm", "wms", "logistics")
 TARGETS = ("crm", "wms", "logistics")  # in the order anomalies list them
 
 # §3: stages on the line, in order; cancelled/returned are off it; markers move nothing.
-LINE_STAGES = ("placed", "confirmed", "allocated", "picking", "shipped", "in_transit")
-LINE_STAGES += ("delivered", "closed")
+LINE_STAGES = (
+    *("placed", "confirmed", "allocated", "picking"),
+    *("shipped", "in_transit", "delivered", "closed"),
+)
 OFF_LINE_STAGES = ("cancelled", "returned")
 MARKERS = ("allocation_failed", "delivery_exception")
 PHASE = {

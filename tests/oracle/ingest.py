@@ -175,8 +175,8 @@ def ingest(records: Iterable[Mapping[str, Any]]) -> Ingested:
             _erp_reference(out, events)
         else:
             _source_reference(out, source, ref, events)
-    for events in out.orders.values():
-        events.sort(key=lambda e: (e.known, e.at, e.source, e.event_id))
+    for accepted in out.orders.values():
+        accepted.sort(key=lambda e: (e.known, e.at, e.source, e.event_id))
     return out
 
 
