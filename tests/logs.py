@@ -9,7 +9,7 @@ and the knobs give the same log byte for byte.
 - `generate(seed, orders=None)` draws the knobs from the seed too (`Knobs.draw`);
   `generate_with(knobs, seed)` takes them as given.
 - `FeedLog.events` are dicts ready to JSON-encode, in publication order (the topic is each
-  event's `source`); `FeedLog.truth` says what was planted (for demo-style scoring).
+  event's `source`); `FeedLog.ground_truth` says what was planted (for demo-style scoring).
 - `feed_logs()` is a hypothesis strategy over seeds and knobs, for property tests.
 
 Publication order is event time, except where planted: the events of a shuffled order are
@@ -184,7 +184,7 @@ class FeedLog:
     seed: int
     knobs: Knobs
     events: list[dict[str, Any]]
-    truth: GroundTruth
+    ground_truth: GroundTruth
 
     @property
     def end_us(self) -> int:
@@ -629,7 +629,7 @@ def generate_with(knobs: Knobs, seed: int) -> FeedLog:
     """The log that `knobs` and `seed` make."""
     builder = _Builder(knobs, seed)
     events = builder.build()
-    return FeedLog(seed=seed, knobs=knobs, events=events, truth=builder.truth)
+    return FeedLog(seed=seed, knobs=knobs, events=events, ground_truth=builder.truth)
 
 
 def generate(seed: int, orders: int | None = None) -> FeedLog:

@@ -373,7 +373,7 @@ def _contradicted(log: Any) -> set[str]:
 @given(log=feed_logs(max_orders=80))
 def test_what_the_generator_plants_the_oracle_finds(log: Any) -> None:
     exp = expected(log.events, log.end_us)
-    truth = log.truth
+    truth = log.ground_truth
     assert exp.dead_letters == truth.dead_letters
     assert exp.resends == truth.resends
     pairs = {tuple(a.extra["order_ids"]) for a in exp.of_type("duplicate_order")}
