@@ -1,7 +1,7 @@
 """An independent reference for Concord's outputs: what contract §4–§7 say should come out
 of an input log, computed by brute force in event-time order (issue 16, item 2).
 
-`expected(events, horizon_us)` reads raw change events as published (tests/logs.py) and
+`expected(events, horizon_us)` reads raw change events as published (tests/logs) and
 gives every anomaly with its final state at the horizon, every command, the dead letters
 and the KPIs. It shares no code with `streams/` (it reads the shipped status map and
 routing rules as data, and uses the contract's id function).

@@ -1,5 +1,5 @@
 """The oracle (tests/oracle) on small logs whose outputs are worked out by hand, and the log
-generator (tests/logs.py) on what it plants."""
+generator (tests/logs) on what it plants."""
 
 from __future__ import annotations
 

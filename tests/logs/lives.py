@@ -1,44 +1,25 @@
-"""Raw input logs for the oracle and the schedule tests: change events (contract §2) as the
-four upstream systems would publish them, with faults planted and labelled.
-
-New work, apart from `concord/scenario.py`: a small life model of an order (ERP, then the
-CRM, the WMS and the carrier each following it with its own lag distribution) and knobs for
-every fault issue 16 names. Everything is drawn from one `random.Random(seed)`, so a seed
-and the knobs give the same log byte for byte.
-
-- `generate(seed, orders=None)` draws the knobs from the seed too (`Knobs.draw`);
-  `generate_with(knobs, seed)` takes them as given.
-- `FeedLog.events` are dicts ready to JSON-encode, in publication order (the topic is each
-  event's `source`); `FeedLog.ground_truth` says what was planted (for demo-style scoring).
-- `feed_logs()` is a hypothesis strategy over seeds and knobs, for property tests.
-
-Publication order is event time, except where planted: the events of a shuffled order are
-published up to `lateness` after their time (so never further behind the newest event
-published before them than the allowed lateness), a re-send comes again a little later, and
-a quiet source publishes nothing in its last day.
-"""
+"""One order's life as the ERP, the CRM, the WMS and the carrier publish it, faults planted;
+then the whole log in publication order."""
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, timezone
+from dataclasses import dataclass, replace
 from typing import Any
 
-from hypothesis import strategies as st
-
-CST = timezone(timedelta(hours=8))
-START = datetime(2026, 3, 2, 8, 0, tzinfo=CST)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_S = 1_000_000  # µs per second
-_MIN = 60 * _S
-_H = 60 * _MIN
-
-CHANNELS = ("website", "wechat", "douyin", "pos", "excel", "distributor_api", "jd_pop")
-SOURCES = ("erp", "crm", "wms", "logistics")
-CARRIERS = ("SF", "ZTO", "JD")
+from tests.logs.knobs import (
+    CARRIERS,
+    HOUR,
+    MINUTE,
+    SECOND,
+    START,
+    GroundTruth,
+    Knobs,
+    Lag,
+    iso,
+    us,
+)
 
 # Native labels each system uses for a canonical stage (all in schemas/status_maps.yaml).
 _LABELS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -76,147 +57,6 @@ _LABELS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Lag:
-    """A delay distribution, in seconds: lognormal(median, spread), exponential(mean) or
-    uniform(low, high)."""
-
-    kind: str
-    a: float
-    b: float = 0.0
-
-    def draw(self, rng: random.Random) -> float:
-        """One delay, seconds (never negative)."""
-        if self.kind == "lognormal":
-            return rng.lognormvariate(math.log(self.a), self.b)
-        if self.kind == "exponential":
-            return rng.expovariate(1 / self.a)
-        return rng.uniform(self.a, self.b)
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """What a log is made of. Fractions are of orders unless said otherwise."""
-
-    orders: int = 200
-    hours: float = 14.0  # orders are placed over this span from START
-    channels: tuple[str, ...] = CHANNELS
-    crm_lag: Lag = Lag("lognormal", 40, 1.0)
-    wms_lag: Lag = Lag("exponential", 300)
-    carrier_lag: Lag = Lag("uniform", 1800, 4 * 3600)  # pickup after the ERP ships
-    missing: float = 0.03  # one system never reports the order
-    stuck: float = 0.03  # one system stops at an older phase
-    contradictions: float = 0.01  # the ERP cancels an order the WMS shipped
-    stalls: float = 0.02  # the carrier goes quiet after its pickup; the ERP stays shipped
-    orphans: float = 0.02  # CRM/WMS orders with no ERP counterpart
-    late_links: float = 0.03  # the CRM sees the order before it knows the ERP id
-    duplicates: float = 0.03  # a second order, same customer and parts, within 15 min
-    reservation_failures: float = 0.05  # ERP or WMS fails a reservation, then retries
-    cancellations: float = 0.03
-    tail: timedelta = timedelta(hours=50)  # the feed is cut this long after the last placement
-    resends: float = 0.01  # of events: published again, same source and event_id
-    shuffled: float = 0.1  # orders whose events are published out of order (within lateness)
-    lateness: timedelta = timedelta(minutes=2)
-    quiet_source: str | None = None  # publishes nothing in the log's last day
-    quiet_for: timedelta = timedelta(days=1)
-    bad_inputs: float = 0.005  # of orders: an extra event the contract rejects
-    peak: float = 0.0  # share of orders placed in one busy hour (trips the breaker at scale)
-
-    @classmethod
-    def draw(cls, rng: random.Random, orders: int | None = None) -> Knobs:
-        """Knobs varied by `rng`: lags, fault rates, channels, a quiet source now and then."""
-        channels = tuple(c for c in CHANNELS if rng.random() < 0.7) or ("website",)
-        return cls(
-            orders=orders if orders is not None else rng.randint(10, 400),
-            hours=rng.uniform(2, 16),
-            channels=channels,
-            crm_lag=rng.choice(
-                [
-                    Lag("lognormal", rng.uniform(5, 120), rng.uniform(0.3, 1.5)),
-                    Lag("uniform", 1, 600),
-                ]
-            ),
-            wms_lag=rng.choice(
-                [Lag("exponential", rng.uniform(30, 1800)), Lag("lognormal", 600, 1.2)]
-            ),
-            carrier_lag=Lag("uniform", rng.uniform(600, 3600), rng.uniform(2, 10) * 3600),
-            missing=rng.uniform(0, 0.08),
-            stuck=rng.uniform(0, 0.08),
-            contradictions=rng.uniform(0, 0.03),
-            stalls=rng.uniform(0, 0.05),
-            orphans=rng.uniform(0, 0.05),
-            late_links=rng.uniform(0, 0.08),
-            duplicates=rng.uniform(0, 0.06),
-            reservation_failures=rng.uniform(0, 0.12),
-            cancellations=rng.uniform(0, 0.06),
-            tail=timedelta(hours=rng.uniform(6, 80)),
-            resends=rng.choice([0.0, 0.01, 0.03]),
-            shuffled=rng.choice([0.0, 0.1, 0.5]),
-            quiet_source=rng.choice([None, None, None, "wms", "crm", "logistics"]),
-            bad_inputs=rng.uniform(0, 0.02),
-        )
-
-
-@dataclass
-class GroundTruth:
-    """What was planted. Order ids unless said otherwise."""
-
-    missing: set[tuple[str, str]] = field(default_factory=set)  # (order, system)
-    stuck: set[tuple[str, str]] = field(default_factory=set)  # (order, system)
-    contradictions: set[str] = field(default_factory=set)
-    stalls: set[str] = field(default_factory=set)
-    orphans: set[str] = field(default_factory=set)  # the id each is named by
-    late_links: dict[str, int] = field(default_factory=dict)  # CRM ref -> link time µs
-    duplicates: set[tuple[str, str]] = field(default_factory=set)  # sorted pairs
-    near_duplicates: set[tuple[str, str]] = field(default_factory=set)  # just outside 15 min
-    reservation_failures: set[str] = field(default_factory=set)
-    cancelled: set[str] = field(default_factory=set)
-    shuffled: set[str] = field(default_factory=set)
-    resends: int = 0
-    quiet_source: tuple[str, int] | None = None  # (source, µs from which it published nothing)
-    dead_letters: Counter[str] = field(default_factory=Counter)  # reason -> count
-
-
-@dataclass
-class FeedLog:
-    """One input log: events in publication order and what was planted."""
-
-    seed: int
-    knobs: Knobs
-    events: list[dict[str, Any]]
-    ground_truth: GroundTruth
-
-    @property
-    def end_us(self) -> int:
-        """The newest valid event time in the log (µs since the epoch)."""
-        return max(_parse_us(e["occurred_at"]) for e in self.events if _valid_time(e))
-
-
-def us(moment: datetime) -> int:
-    """µs since the epoch of an aware datetime."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _iso(t_us: int) -> str:
-    return (
-        (_EPOCH + timedelta(microseconds=t_us)).astimezone(CST).isoformat(timespec="milliseconds")
-    )
-
-
-def _parse_us(text: str) -> int:
-    return us(datetime.fromisoformat(text))
-
-
-def _valid_time(event: dict[str, Any]) -> bool:
-    value = event.get("occurred_at")
-    if not isinstance(value, str):
-        return False
-    try:
-        return datetime.fromisoformat(value).tzinfo is not None
-    except ValueError:
-        return False
-
-
 @dataclass
 class _Order:
     index: int
@@ -239,7 +79,9 @@ class _Draft:
     body: dict[str, Any]
 
 
-class _Builder:
+class Builder:
+    """Builds one log from its knobs and seed."""
+
     def __init__(self, knobs: Knobs, seed: int) -> None:
         self.k = knobs
         self.rng = random.Random(seed)
@@ -263,17 +105,17 @@ class _Builder:
             "source": source,
             "order_ref": ref,
             "status": self._label(source, stage),
-            "occurred_at": _iso(at),
+            "occurred_at": iso(at),
             **{k: v for k, v in extra.items() if v is not None},
         }
         self.drafts.append(_Draft(at, at, body))
         return body
 
     def _lag(self, lag: Lag) -> int:
-        return max(1 * _S, int(lag.draw(self.rng) * _S))
+        return max(1 * SECOND, int(lag.draw(self.rng) * SECOND))
 
     def _u(self, lo_s: float, hi_s: float) -> int:
-        return int(self.rng.uniform(lo_s, hi_s) * _S)
+        return int(self.rng.uniform(lo_s, hi_s) * SECOND)
 
     def _roll(self, p: float) -> bool:
         return self.rng.random() < p
@@ -296,7 +138,7 @@ class _Builder:
     def _clashes(self, order: _Order) -> bool:
         # An unplanned look-alike within 20 min would be a duplicate nobody labelled.
         placed = self.fingerprints.get(self._fingerprint(order), [])
-        return any(abs(p - order.placed_us) <= 20 * _MIN for p in placed)
+        return any(abs(p - order.placed_us) <= 20 * MINUTE for p in placed)
 
     def _new_order(self, index: int, placed_us: int, customers: list[str]) -> _Order:
         channel = self.rng.choice(self.k.channels)
@@ -336,7 +178,7 @@ class _Builder:
             "priority": "rush" if order.rush else "normal",
         }
         if order.entered_late_us:
-            details["placed_at"] = _iso(order.placed_us)
+            details["placed_at"] = iso(order.placed_us)
         return details
 
     # --- one order's life ----------------------------------------------------------------
@@ -470,7 +312,7 @@ class _Builder:
         for at, stage, _ in erp:
             if stage == "allocation_failed" or (stop is not None and at > stop):
                 continue
-            t = max(at + self._lag(self.k.crm_lag), last + _S)
+            t = max(at + self._lag(self.k.crm_lag), last + SECOND)
             last = t
             linked = link_at is None or t >= link_at
             self._emit("crm", ref, stage, t, erp_order_id=order.order_id if linked else None)
@@ -503,7 +345,7 @@ class _Builder:
             self.truth.orphans.add(ref)
 
     def _duplicate(self, original: _Order, index: int, near: bool) -> _Order:
-        gap = (15 * _MIN + self._u(1, 120)) if near else self._u(0, 15 * 60)
+        gap = (15 * MINUTE + self._u(1, 120)) if near else self._u(0, 15 * 60)
         placed = original.placed_us + (gap if self._roll(0.5) else -gap)
         twin = replace(
             original,
@@ -540,9 +382,9 @@ class _Builder:
     def build(self) -> list[dict[str, Any]]:
         k, rng = self.k, self.rng
         start = us(START)
-        span = int(k.hours * _H)
+        span = int(k.hours * HOUR)
         customers = [f"C{n:05d}" for n in range(max(5, k.orders // 3))]
-        peak_at = start + rng.randrange(max(1, span - _H))
+        peak_at = start + rng.randrange(max(1, span - HOUR))
         faults_of = [
             ("missing", k.missing),
             ("stuck", k.stuck),
@@ -557,7 +399,7 @@ class _Builder:
         while made < k.orders:
             index += 1
             if rng.random() < k.peak:
-                placed = peak_at + rng.randrange(_H)
+                placed = peak_at + rng.randrange(HOUR)
             else:
                 placed = start + rng.randrange(span)
             if rng.random() < k.orphans:
@@ -578,7 +420,7 @@ class _Builder:
                 system = rng.choice(["crm", "wms", "logistics"])
                 self._life(one, faults, system)
                 made += 1
-        return self._publish(start + span + int(k.tail.total_seconds() * _S), index)
+        return self._publish(start + span + int(k.tail.total_seconds() * SECOND), index)
 
     def _publish(self, feed_end: int, last_index: int) -> list[dict[str, Any]]:
         k, rng = self.k, self.rng
@@ -586,14 +428,14 @@ class _Builder:
         self.drafts = [d for d in self.drafts if d.at <= feed_end]
         end = max(d.at for d in self.drafts if "occurred_at" in d.body)
         if k.quiet_source is not None:
-            cutoff = end - int(k.quiet_for.total_seconds() * _S)
+            cutoff = end - int(k.quiet_for.total_seconds() * SECOND)
             self.drafts = [
                 d for d in self.drafts if not (d.body["source"] == k.quiet_source and d.at > cutoff)
             ]
             self.truth.quiet_source = (k.quiet_source, cutoff)
         # Shuffle: an order's events published up to `lateness` after their own time, so
         # never further behind the newest event published before them than that.
-        lateness = max(1, int(k.lateness.total_seconds() * _S))
+        lateness = max(1, int(k.lateness.total_seconds() * SECOND))
         shuffled = {f"{i:06d}" for i in range(1, last_index + 1) if rng.random() < k.shuffled}
         for d in self.drafts:
             digits = "".join(c for c in d.body["order_ref"] if c.isdigit())[-6:]
@@ -623,96 +465,3 @@ def _planted_rejection(event: dict[str, Any]) -> str | None:
     if event["order_ref"].startswith("SO-LEGACY"):
         return "missing_order"
     return None
-
-
-def generate_with(knobs: Knobs, seed: int) -> FeedLog:
-    """The log that `knobs` and `seed` make."""
-    builder = _Builder(knobs, seed)
-    events = builder.build()
-    return FeedLog(seed=seed, knobs=knobs, events=events, ground_truth=builder.truth)
-
-
-def generate(seed: int, orders: int | None = None) -> FeedLog:
-    """A log with knobs drawn from `seed` too (`orders` fixes their number)."""
-    rng = random.Random(seed)
-    knobs = Knobs.draw(rng, orders)
-    return generate_with(knobs, rng.randrange(2**32))
-
-
-# --- logs written by hand ----------------------------------------------------------------
-
-T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-DETAILS = {
-    "customer_id": "C001",
-    "channel": "website",
-    "lines": [{"sku": "A1234567-BK", "qty": 1, "unit_price": "10.00"}],
-    "amount": "10.00",
-    "currency": "CNY",
-}
-TRACKING = {"carrier": "SF", "tracking_no": "SF0001"}
-
-
-def at(minutes: float = 0, hours: float = 0) -> int:
-    """µs since the epoch of T0 + the offset."""
-    return us(T0 + timedelta(minutes=minutes, hours=hours))
-
-
-class HandLog:
-    """A log written by hand for a test: events in publication order, ids minted per source;
-    an ERP reference's first event gets details (its own customer) unless given."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def add(self, source: str, ref: str, status: str, when: int, **extra: Any) -> dict[str, Any]:
-        event = {
-            "event_id": f"{source}-{len(self.events)}",
-            "source": source,
-            "order_ref": ref,
-            "status": status,
-            "occurred_at": (_EPOCH + timedelta(microseconds=when)).isoformat(),
-            **extra,
-        }
-        self.events.append(event)
-        return event
-
-    def erp(self, ref: str, status: str, when: int, **extra: Any) -> dict[str, Any]:
-        if not any(e["source"] == "erp" and e["order_ref"] == ref for e in self.events):
-            extra.setdefault("order", dict(DETAILS, customer_id=f"C-{ref}"))
-        return self.add("erp", ref, status, when, **extra)
-
-    def crm(self, order: str, status: str, when: int) -> dict[str, Any]:
-        return self.add("crm", f"CS-{order}", status, when, erp_order_id=order)
-
-
-def feed_logs(
-    min_orders: int = 10, max_orders: int = 60, **fixed: Any
-) -> st.SearchStrategy[FeedLog]:
-    """Hypothesis: a seed and knobs (fault rates shrink towards none); `fixed` pins knobs."""
-    rate = st.floats(0, 0.2)
-    drawn: dict[str, st.SearchStrategy[Any]] = {
-        "orders": st.integers(min_orders, max_orders),
-        "hours": st.floats(1, 16),
-        "channels": st.sampled_from([CHANNELS, ("website", "jd_pop"), ("excel", "pos", "wechat")]),
-        "crm_lag": st.builds(Lag, st.just("lognormal"), st.floats(2, 600), st.floats(0.1, 2)),
-        "wms_lag": st.builds(Lag, st.just("exponential"), st.floats(10, 3600)),
-        "carrier_lag": st.builds(
-            Lag, st.just("uniform"), st.floats(60, 3600), st.floats(3600, 36000)
-        ),
-        "missing": rate,
-        "stuck": rate,
-        "contradictions": rate,
-        "stalls": rate,
-        "orphans": rate,
-        "late_links": rate,
-        "duplicates": rate,
-        "reservation_failures": rate,
-        "cancellations": rate,
-        "tail": st.sampled_from([timedelta(hours=h) for h in (4, 30, 100)]),
-        "resends": st.sampled_from([0.0, 0.01, 0.05]),
-        "shuffled": st.sampled_from([0.0, 0.2, 1.0]),
-        "quiet_source": st.sampled_from([None, "crm", "wms", "logistics"]),
-        "bad_inputs": st.floats(0, 0.05),
-    }
-    drawn.update({name: st.just(value) for name, value in fixed.items()})
-    return st.builds(generate_with, st.builds(Knobs, **drawn), st.integers(0, 2**32 - 1))
