@@ -15,7 +15,8 @@ from concord.scenario import ScenarioConfig, encode, generate
 from schemas.privacy import normalize_phone
 from tests.integration.browser import headless_page
 from tests.integration.harness import normalized_events, produce, read_all
-from tests.kpi_oracle import Oracle, median, p95
+from tests.oracle import expected
+from tests.oracle.contract import to_us
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +120,6 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     assert len(events) > 2000
     newest = max(datetime.fromisoformat(e["occurred_at"]) for e in events)
     want_wm = newest - timedelta(minutes=2)
-    oracle = Oracle(events)
 
     def settled(kpis: dict) -> bool:
         return datetime.fromisoformat(kpis["watermark"]) == want_wm
@@ -127,29 +127,34 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     kpis = _wait_for_kpis(worker, settled)
     wm = datetime.fromisoformat(kpis["watermark"])
 
-    consistent, population = oracle.consistency(wm)
-    assert kpis["consistency"]["population"] == population
-    assert kpis["consistency"]["consistent"] == consistent
-    assert kpis["consistency"]["ratio"] == pytest.approx(consistent / population)
-    assert 0 < consistent < population  # planted ghosts disagree
+    # The independent reference, from the raw events as published (tests/oracle).
+    oracle = expected(scenario.events, to_us(wm))
+    want = oracle.kpis
+    assert kpis["consistency"]["population"] == want.population
+    assert kpis["consistency"]["consistent"] == want.consistent
+    assert kpis["consistency"]["ratio"] == pytest.approx(want.consistency_ratio)
+    assert 0 < want.consistent < want.population  # planted ghosts disagree
 
     for target in ("crm", "wms", "logistics"):
-        for window, span in (("1h", timedelta(hours=1)), ("24h", timedelta(hours=24))):
-            values = oracle.latencies(target, wm, span)
+        for window in ("1h", "24h"):
+            figures = want.latency[target][window]
             got = kpis["refresh_latency_seconds"][target][window]
-            assert got["count"] == len(values), (target, window)
-            assert got["median"] == pytest.approx(median(values)), (target, window)
-            assert got["p95"] == pytest.approx(p95(values)), (target, window)
-    assert kpis["refresh_latency_seconds"]["crm"]["24h"]["count"] > 300
+            assert got["count"] == figures.count, (target, window)
+            assert got["median"] == pytest.approx(figures.median), (target, window)
+            assert got["p95"] == pytest.approx(figures.p95), (target, window)
+    assert want.latency["crm"]["24h"].count > 300
 
     # Order 360: a linked order shows every system's own reference.
-    order_id, systems = next(
-        (o, s) for o, s in oracle.orders.items() if {"erp", "crm", "wms"} <= set(s)
+    order_id, accepted = next(
+        (o, evs)
+        for o, evs in sorted(oracle.ingested.orders.items())
+        if {"erp", "crm", "wms"} <= {e.source for e in evs}
     )
     view = httpx.get(worker.url(f"/orders/{order_id}"), timeout=10).json()
     assert view["order_id"] == order_id
     for source in ("erp", "crm", "wms"):
-        assert view["systems"][source]["order_ref"] in {e["order_ref"] for e in systems[source]}
+        refs = {e.order_ref for e in accepted if e.source == source}
+        assert view["systems"][source]["order_ref"] in refs
     assert httpx.get(worker.url("/orders/NO-SUCH-ORDER"), timeout=10).status_code == 404
 
     # By phone: every order of that phone, matched on its hash, never echoed in clear.
