@@ -224,7 +224,7 @@ class GhostRules:
     ) -> GhostOutcome:
         """Open, escalate and resolve the order's ghost anomalies as of event time `now`."""
         now_us = as_us(now)
-        findings, next_us, since = _scan(self._th, state, ghosts.conflict_since_us, now_us)
+        state, findings, next_us, since = _judge(self._th, state, ghosts.conflict_since_us, now_us)
         ghosts.conflict_since_us = since
         ghosts.next_us = next_us
         book = ghosts.book
@@ -266,7 +266,7 @@ class GhostRules:
         self, state: OrderState, ghosts: GhostState, now: datetime
     ) -> datetime | None:
         """The earliest event time after `now` at which a rule on this order could change."""
-        _, next_us, _ = _scan(self._th, state, ghosts.conflict_since_us, as_us(now))
+        _, _, next_us, _ = _judge(self._th, state, ghosts.conflict_since_us, as_us(now))
         return None if next_us is None else from_us(next_us)
 
     def _entry(
@@ -294,7 +294,8 @@ def next_deadline(
     state: OrderState, ghosts: GhostState, settings: GhostSettings, now: datetime
 ) -> datetime | None:
     """The earliest event time after `now` at which some ghost rule on this order could change."""
-    _, next_us, _ = _scan(_Thresholds.of(settings), state, ghosts.conflict_since_us, as_us(now))
+    th = _Thresholds.of(settings)
+    _, _, next_us, _ = _judge(th, state, ghosts.conflict_since_us, as_us(now))
     return None if next_us is None else from_us(next_us)
 
 
@@ -431,6 +432,12 @@ class TimerWheel:
             self._shed()
         elif len(self._heap) > 2 * len(self._at) + 64:
             self._compact()
+
+    def schedule_by_us(self, order_id: str, at_us: int) -> None:
+        """Make the order due no later than `at_us` (an earlier deadline stays)."""
+        current = self._at.get(order_id)
+        if current is None or at_us < current:
+            self.schedule_us(order_id, at_us)
 
     def cancel(self, order_id: str) -> None:
         """Forget the order's deadline and holds (it left the state table)."""
@@ -623,6 +630,20 @@ def _scope_entry(erp: SystemView, source: Source, phase: Phase) -> int | None:
 
 def _soonest(current: int | None, candidate: int) -> int:
     return candidate if current is None or candidate < current else current
+
+
+def _judge(
+    th: _Thresholds, latest: OrderState, since_us: int | None, now: int
+) -> tuple[OrderState, list[_Finding], int | None, int | None]:
+    """(the order as of `now`, the rules that hold then, the next instant > now something can
+    change, the new conflict since): events applied already but later than `now` count from
+    their own time on, so the next look is due by the first of them."""
+    state = latest.as_of(now)
+    findings, next_us, since = _scan(th, state, since_us, now)
+    coming = latest.next_event_after(now)
+    if coming is not None and (next_us is None or coming < next_us):
+        next_us = coming
+    return state, findings, next_us, since
 
 
 def _scan(
