@@ -319,7 +319,8 @@ class IngestStage(PartitionedStage):
             ref = key.split("|", 1)[1]
             ghosts = GhostState.from_json(state.ghosts, ref)
             first = min(occurred_us(e) for e in state.held)
-            self.unlinked.schedule_us(key, ghosts.next_us or first)
+            # Judged before: when it asked to be; never: at its first event.
+            self.unlinked.schedule_us(key, ghosts.next_us if state.ghosts else first)
             for entry in ghosts.book.open_entries():  # counted again after a restart
                 self.on_anomaly(entry.anomaly(ref, datetime.now(UTC)))
 

@@ -1066,9 +1066,7 @@ def test_a_stall_counts_from_the_carrier_scan_before_it_not_from_a_later_one() -
     ghosts = GhostState.new(ORDER)
     stall = ghost_anomaly_id(STALL, ORDER, str(int((T0 + HOUR).timestamp() * 1e6)))
     opened = run(state, ghosts, 25 * HOUR)
-    assert [(e.anomaly_id, e.opened_at) for e in anomalies(opened)] == [
-        (stall, T0 + 25 * HOUR)
-    ]
+    assert [(e.anomaly_id, e.opened_at) for e in anomalies(opened)] == [(stall, T0 + 25 * HOUR)]
     assert sorted(c.kind for c in opened.emits if isinstance(c, Command)) == [
         CommandKind.CARRIER_EXCEPTION_TICKET,
         CommandKind.CUSTOMER_NOTIFY,
@@ -1085,3 +1083,16 @@ def test_the_state_as_of_an_event_time_round_trips_through_json() -> None:
         t = int((T0 + h * HOUR).timestamp() * 1e6)
         assert again.as_of(t) == state.as_of(t)
         assert again.next_event_after(t) == state.next_event_after(t)
+
+
+def test_an_order_is_never_judged_back_in_time() -> None:
+    # An orphan opened at its deadline; judged again at an earlier time (a timer rebuilt at
+    # the reference's first event after a restart, a late event) it stays open.
+    state = state_of(event(CRM, Stage.PLACED, 0 * MIN))
+    ghosts = GhostState.new(ORDER)
+    orphan = ghost_anomaly_id(ORPHAN, ORDER, "")
+    assert [e.anomaly_id for e in anomalies(run(state, ghosts, 30 * MIN))] == [orphan]
+    restored = GhostState.from_json(json.loads(json.dumps(ghosts.to_json())), ORDER)
+    assert run(state, restored, 0 * MIN).emits == []
+    assert restored.book.get(orphan) is not None
+    assert restored.book.has_open
