@@ -73,7 +73,7 @@ BREAKER_FAILURE_RATE = 0.08
 # The promotion needs its trailing-hour count above 2200 for about half an hour, so that at
 # least two 10-minute breaker evaluations in a row see it wherever the ticks fall.
 PROMO_ORDERS = 2900
-PROMO_FAILURE_RATE = 0.22  # counted with the WMS's own allocation events it is still > 8 %
+PROMO_FAILURE_RATE = 0.22  # of the promotion's orders (the breaker counts orders, §7): > 8 %
 BASE_FAILURE_RATE = 0.03
 
 # Ordinary orders of one customer with one SKU set stay this far apart, so every same-

@@ -117,7 +117,8 @@ BREAKER_ORDERS = Gauge(
 )
 BREAKER_FAILURE_RATIO = Gauge(
     "concord_breaker_reservation_failure_ratio",
-    "allocation_failed / (allocated + allocation_failed) in the trailing breaker window",
+    "Failed share of the orders whose stock reservation was attempted in the trailing "
+    "breaker window (each order once)",
 )
 WATERMARK = Gauge(
     "concord_watermark_timestamp_seconds", "The pipeline's event-time watermark (Unix seconds)"

@@ -1,8 +1,9 @@
 """Breaker wiring (§7, stages 1–2): intake counts from every partition into one breaker.
 
 The per-order stage counts, per batch and per `concord.normalized` partition, the orders the
-ERP created and the stock reservations that succeeded or failed, in minute buckets of event
-time (`IntakeCounts`), and publishes that delta with the partition's last offset and the
+ERP created and the orders whose stock reservation succeeded or failed, each order once
+(`order_intake`, moved when an event changes it), in minute buckets of event time
+(`IntakeCounts`), and publishes that delta with the partition's last offset and the
 stage's watermark on the single-partition internal topic `concord.breaker`. Breaker
 decisions go there too. One agent consumes it, so one `Breaker` exists in the whole group:
 it folds each delta in once (by origin and offset), evaluates at the minimum watermark of
@@ -25,25 +26,15 @@ from sinks import metrics
 from streams.decisions import decision_dead_letter
 from streams.outputs import anomaly_records, command_record
 from streams.produce import Outgoing
-from streams.rules.breaker import Breaker, BreakerSettings, Evaluation, IntakeCounts, IntakeKind
+from streams.rules.breaker import Breaker, BreakerSettings, Evaluation
 from streams.rules.ingest import Reason
+from streams.rules.intake import IntakeCounts
 from streams.rules.watermark import from_us
 from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
 from streams.warehouse import Warehouse
 
 STATE_KEY = b"intake"
-
-
-def intake_kind(body: dict[str, Any], first_erp_stage: bool) -> IntakeKind | None:
-    """What a normalised event counts as for the breaker, if anything."""
-    if first_erp_stage:
-        return IntakeKind.CREATED
-    if body.get("stage") == "allocated":
-        return IntakeKind.ALLOCATED
-    if body.get("marker") == "allocation_failed":
-        return IntakeKind.ALLOCATION_FAILED
-    return None
 
 
 def delta_record(

@@ -30,16 +30,16 @@ from schemas.routing import RoutingTable
 from schemas.settings import Settings
 from schemas.stages import PHASE_OF, Source
 from sinks import metrics
-from streams.breaker import delta_record, intake_kind
+from streams.breaker import delta_record
 from streams.decisions import decision_dead_letter
 from streams.dedupe import placement
 from streams.outputs import anomaly_records, command_record
 from streams.produce import Outgoing
-from streams.rules.breaker import IntakeCounts
 from streams.rules.consistency import ConsistencyTracker
 from streams.rules.freshness import SourceFreshness
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel
 from streams.rules.ingest import Reason
+from streams.rules.intake import IntakeCounts, order_intake
 from streams.rules.lifecycle import OpenGhosts, UnknownAnomaly, apply_decision
 from streams.rules.order_state import (
     OrderJoin,
@@ -247,16 +247,15 @@ class OrderStage(PartitionedStage):
         entry = self._entry(key, partition)
         had_facts = entry.state.facts
         had_phone = had_facts.phone_hash if had_facts else None
+        reserving = self.settings.breaker.reserving_systems
+        had_intake = order_intake(entry.state, reserving)
         change = self.join.apply(entry.state, body, event_us)
         self._outcomes[change.outcome] += 1
         if change.outcome is Outcome.DUPLICATE:
             return
-        kind = intake_kind(
-            body,
-            change.source is Source.ERP and change.old_phase is None and change.in_population,
-        )
-        if kind is not None:
-            self._intake.setdefault(partition, IntakeCounts()).add_us(kind, change.event_us)
+        intake = order_intake(entry.state, reserving)
+        if intake != had_intake:
+            self._intake.setdefault(partition, IntakeCounts()).move(had_intake, intake)
         if had_facts is None and entry.state.facts is not None:
             # The order's details, once, to the dedupe stage keyed by their fingerprint.
             self._out.append(

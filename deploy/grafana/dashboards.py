@@ -417,8 +417,9 @@ def operations_board() -> board.Dashboard:
         .height(8),
         _series(
             "Breaker inputs: reservation-failure ratio (bar 8%)",
-            "allocation_failed / (allocated + allocation_failed) in the trailing 60 min; "
-            "stage 1 needs this above 8% and more than 2200 orders created.",
+            "Of the orders whose stock reservation (ERP or WMS) was attempted in the trailing "
+            "60 min, the share that failed, each order once; stage 1 needs this above 8% and "
+            "more than 2200 orders created.",
             [
                 _promql("max(concord_breaker_reservation_failure_ratio)", "failure ratio"),
             ],

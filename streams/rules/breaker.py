@@ -1,18 +1,59 @@
 """The intake circuit breaker, stages 1 and 2 (contract §7): a pure state machine on event time.
 
-Stage 1 warns when, over the trailing window, ERP orders created exceed `min_orders` *and*
-the stock-reservation failure rate (allocation_failed / (allocated + allocation_failed))
-exceeds `failure_rate`. Stage 2 throttles intake to VIP orders after `warnings_to_throttle`
+Stage 1 warns when, over the trailing window, more than `min_orders` ERP orders were created
+*and* more than `failure_rate` of the orders whose stock reservation was attempted in the
+window failed it. Stage 2 throttles intake to VIP orders after `warnings_to_throttle`
 consecutive warnings with no `breaker.ack` in between, and lifts once the condition has been
 clear for `clear_for`, or at once on `breaker.release`. Stage 3 is per order (stalled
 tracking) and lives with the ghost rules; `Breaker.stage` reports 0, 1 or 2.
 
+What is counted
+---------------
+Orders, not events: each order counts once per figure, in one minute of event time, however
+many systems report it and however often (`streams.rules.intake.order_intake`).
+
+* Created: in the minute of the ERP's earliest stage event (its creation in the ERP; an
+  order keyed in from a spreadsheet at 15:00 is intake at 15:00, whatever its `placed_at`).
+* Reservation: only the reserving systems count (`reserving_systems`, the ERP and the WMS
+  by default; the CRM and the carrier only mirror the status and are refused). The order's
+  reservation *failed* if any of them reported `allocation_failed` for it, counted in the
+  minute of the earliest such report; else it *succeeded* if any reported `allocated` (or
+  `picking`, later in the same phase), in the minute of the earliest; else it was not
+  attempted. The other reserving system's mirror of the outcome, a re-send with a new event
+  id, a later report: none counts again.
+* Retry: a success after a failure (restocked, or moved from another warehouse, the seeds'
+  跨仓调拨) leaves the order one *failed* reservation, at its first failure; the retry is
+  not a second attempt. The seeds' users read the rate as stock pressure at intake in the
+  peak hour (库存预占失败率 beside 单小时订单量): a failure retried an hour later was still
+  an order the stock could not cover when it came in, and the retries are what the warning
+  is about. Were a retry to erase its failure, automatic retries would hide a shortage
+  exactly while it lasts: in concord.scenario three of four failed promotion reservations
+  succeed 20 min to 3 h later, and the promotion would never warn. Likewise a failure after
+  a success (the WMS short of stock at the pick) makes the order failed, at that failure.
+
+An order's counts are a function of its per-order state, and that state is a function of
+the set of its events (each field a min or max over them), so the counts do not depend on
+arrival order, batching or re-sends. The orders stage reads them (`order_intake`) before
+and after each event and, when they changed, moves the order in its delta
+(`IntakeCounts.move`: -1 where it counted, +1 where it counts now). Summed over all deltas
+every order is in exactly one bucket per figure, where its final state puts it; the buckets
+an evaluation sees hold the orders as their events had arrived by then. Counting once at an
+order's first outcome, with no correction, was the alternative: no negative counts, but the
+count would follow the first event to *arrive* (a retry's success arriving before the
+failure it retried would count a success for good). An event re-applied after a crash to a
+state that already holds it changes nothing and moves nothing; one re-applied to the state
+as the last commit left it moves what its first application moved. (What this does not
+change: deltas are folded whole, by their last offset, so a crash after a delta went out and
+before its offsets were committed, replayed in batches cut elsewhere, folds the moves of the
+events between the old cut and the new one twice; as with counting events before.)
+
 Counting across workers
 -----------------------
-The counts are global, so they must be exact and mergeable. Each worker counts the events
-*ingest accepted* (re-sends are already dropped, so every event is counted once) into its
-own `IntakeCounts`, one bucket per epoch minute of event time, per input partition. Every
-few seconds it ships that delta to a single-partition internal topic as
+The counts are global, so they must be exact and mergeable. Each worker moves its orders'
+counts in its own `IntakeCounts`, one bucket per epoch minute of event time, per input
+partition; an order's events all come on its partition, so its -1 never travels apart from
+the +1 it takes back. Every few seconds the worker ships that delta to a single-partition
+internal topic as
 `{origin: "<topic>/<partition>", seq: <last input offset counted>, counts: delta.to_json()}`
 with its partition's watermark, and starts a fresh delta. One breaker agent consumes that
 partition, so exactly one `Breaker` exists in the consumer group; it folds each delta into
@@ -23,7 +64,7 @@ evaluated. Minute buckets add up exactly, in any order and any grouping, and eva
 instants sit on whole minutes, so a window is a sum of whole buckets: no sampling, no
 approximation. `tick` expires the buckets no later evaluation can see, which bounds memory
 at about one window of minutes; anything that arrives for an expired minute could not
-change a later evaluation and is dropped.
+change a later evaluation and is dropped (a -1 there included: its +1 went with the minute).
 
 Transitions
 -----------
@@ -71,12 +112,12 @@ throttle it lifts), so a replay or a restart never mints a second id.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import datetime, timedelta
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import NoDecode
 
 from schemas.anomalies import (
     Anomaly,
@@ -91,12 +132,18 @@ from schemas.anomalies import (
     Team,
     deterministic_id,
 )
-from streams.rules.watermark import as_us, span_us
+from schemas.stages import Source
+from streams.rules.intake import (
+    DEFAULT_WINDOW,
+    EPOCH,
+    MINUTE,
+    STOCK_SYSTEMS,
+    IntakeCounts,
+    IntakeTotals,
+    reserving_systems_named,
+    utc,
+)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MINUTE = timedelta(minutes=1)
-_MINUTE_US = span_us(MINUTE)
-DEFAULT_WINDOW = timedelta(minutes=60)
 SCOPE = "intake"
 ROUTE = Route(team=Team.OPERATIONS, rule="breaker")
 THROTTLE_PAYLOAD: dict[str, Any] = {"mode": "vip_only"}
@@ -105,142 +152,6 @@ STATE_VERSION = 1
 REMEMBERED_DECISIONS = 64
 
 Emit = Anomaly | Command
-
-
-class IntakeKind(StrEnum):
-    """What one counted intake event was."""
-
-    CREATED = "created"  # an ERP order was created
-    ALLOCATED = "allocated"  # a stock reservation succeeded
-    ALLOCATION_FAILED = "allocation_failed"  # a stock reservation failed
-
-
-_SLOT: dict[IntakeKind, int] = {
-    IntakeKind.CREATED: 0,
-    IntakeKind.ALLOCATED: 1,
-    IntakeKind.ALLOCATION_FAILED: 2,
-}
-
-
-class IntakeTotals(NamedTuple):
-    """Intake figures over one window."""
-
-    created: int
-    allocated: int
-    failed: int
-
-    @property
-    def attempts(self) -> int:
-        """Stock reservations attempted: allocated plus failed."""
-        return self.allocated + self.failed
-
-    @property
-    def failure_rate(self) -> float:
-        """Failed share of reservation attempts; 0.0 when there were none."""
-        return self.failed / self.attempts if self.attempts else 0.0
-
-
-@dataclass(slots=True)
-class IntakeCounts:
-    """Exact, mergeable intake counts in per-minute buckets of event time."""
-
-    buckets: dict[int, list[int]] = field(default_factory=dict)  # epoch minute → [c, a, f]
-    floor: int | None = None  # minutes below this were expired; additions there are dropped
-    applied: dict[str, int] = field(default_factory=dict)  # origin → last delta seq folded in
-
-    def add(self, kind: IntakeKind, at: datetime, n: int = 1) -> bool:
-        """Count `n` events of `kind` at event time `at`; False if its minute has expired."""
-        return self.add_us(kind, as_us(_utc(at)), n)
-
-    def add_us(self, kind: IntakeKind, at_us: int, n: int = 1) -> bool:
-        """`add` at event time `at_us` (µs since the epoch), for the hot path."""
-        if n < 0:
-            raise ValueError(f"cannot count {n} events")
-        return self._add_to(at_us // _MINUTE_US, _SLOT[kind], n)
-
-    def merge(self, other: IntakeCounts) -> int:
-        """Add another set of counts into this one; returns how many events were too late."""
-        dropped = 0
-        for minute, row in other.buckets.items():
-            for slot, n in enumerate(row):
-                if n and not self._add_to(minute, slot, n):
-                    dropped += n
-        return dropped
-
-    def apply_delta(self, origin: str, seq: int, delta: IntakeCounts) -> bool:
-        """Merge one origin's delta unless a delta with this or a later seq was applied."""
-        if origin in self.applied and seq <= self.applied[origin]:
-            return False
-        self.merge(delta)
-        self.applied[origin] = seq
-        return True
-
-    def window_totals(self, end: datetime, span: timedelta = DEFAULT_WINDOW) -> IntakeTotals:
-        """Totals over [end - span, end); `end` and `span` must be whole minutes."""
-        end_minute = _exact_minute(end)
-        start_minute = end_minute - _whole_minutes(span, "span")
-        # Walk whichever is shorter: the window's minutes or the buckets held.
-        if end_minute - start_minute <= len(self.buckets):
-            rows = [self.buckets.get(m) for m in range(start_minute, end_minute)]
-        else:
-            rows = [row for m, row in self.buckets.items() if start_minute <= m < end_minute]
-        created = allocated = failed = 0
-        for row in rows:
-            if row is not None:
-                created += row[0]
-                allocated += row[1]
-                failed += row[2]
-        return IntakeTotals(created, allocated, failed)
-
-    def expire(self, before: datetime) -> int:
-        """Drop the minutes wholly before `before`, for good; returns how many buckets went."""
-        cut = _minute_floor(before)
-        if self.floor is not None and cut <= self.floor:
-            return 0
-        self.floor = cut
-        old = [m for m in self.buckets if m < cut]
-        for m in old:
-            del self.buckets[m]
-        return len(old)
-
-    def __len__(self) -> int:
-        """Number of minute buckets held."""
-        return len(self.buckets)
-
-    def to_json(self) -> dict[str, Any]:
-        """A compact JSON-able form (also the wire form of a delta)."""
-        out: dict[str, Any] = {"m": {str(m): row for m, row in sorted(self.buckets.items())}}
-        if self.floor is not None:
-            out["f"] = self.floor
-        if self.applied:
-            out["s"] = dict(self.applied)
-        return out
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any] | None) -> IntakeCounts:
-        """The inverse of to_json; None gives empty counts."""
-        if not raw:
-            return cls()
-        buckets: dict[int, list[int]] = {}
-        for key, row in raw.get("m", {}).items():
-            if len(row) != len(_SLOT) or any(not isinstance(n, int) or n < 0 for n in row):
-                raise ValueError(f"bad intake bucket {key!r}: {row!r}")
-            buckets[int(key)] = [int(n) for n in row]
-        floor = raw.get("f")
-        return cls(
-            buckets=buckets,
-            floor=None if floor is None else int(floor),
-            applied={str(k): int(v) for k, v in raw.get("s", {}).items()},
-        )
-
-    def _add_to(self, minute: int, slot: int, n: int) -> bool:
-        if self.floor is not None and minute < self.floor:
-            return False
-        row = self.buckets.get(minute)
-        if row is None:
-            row = self.buckets[minute] = [0, 0, 0]
-        row[slot] += n
-        return True
 
 
 class BreakerSettings(BaseModel):
@@ -261,6 +172,11 @@ class BreakerSettings(BaseModel):
         default=timedelta(minutes=30), description="clear time before a throttle lifts"
     )
     shadow: bool = Field(default=False, description="evaluate and report, issue no commands")
+    # NoDecode: from the environment it is "erp,wms", as the stages are, not JSON.
+    reserving_systems: Annotated[tuple[Source, ...], NoDecode] = Field(
+        default=STOCK_SYSTEMS,
+        description="the systems whose allocated / allocation_failed are stock reservations",
+    )
 
     @field_validator("window", "evaluate_every")
     @classmethod
@@ -269,6 +185,11 @@ class BreakerSettings(BaseModel):
         if value <= timedelta(0) or value % MINUTE:
             raise ValueError("must be a positive whole number of minutes")
         return value
+
+    @field_validator("reserving_systems", mode="before")
+    @classmethod
+    def _stock_systems(cls, value: Any) -> tuple[Source, ...]:
+        return reserving_systems_named(value)
 
     @field_validator("clear_for")
     @classmethod
@@ -315,8 +236,8 @@ class _Opened:
             return None
         created, allocated, failed = (int(n) for n in raw["totals"])
         return cls(
-            at=_utc(datetime.fromisoformat(raw["at"])),
-            window_start=_utc(datetime.fromisoformat(raw["from"])),
+            at=utc(datetime.fromisoformat(raw["at"])),
+            window_start=utc(datetime.fromisoformat(raw["from"])),
             totals=IntakeTotals(created, allocated, failed),
             decisions=list(raw.get("d", ())),
             commanded=bool(raw.get("c")),
@@ -409,7 +330,7 @@ class Breaker:
         release = decision.kind is DecisionKind.BREAKER_RELEASE
         if release and self._throttle is not None:
             self._throttle.decisions.append(record)
-            at = max(_utc(decision.at), self._throttle.at)
+            at = max(utc(decision.at), self._throttle.at)
             return self._lift(at, detected_at, "released", decision.by)
         target = self._target(decision.target)
         if target is None:
@@ -594,9 +515,9 @@ class Breaker:
         figures = opened.totals
         minutes = (opened.at - opened.window_start) // MINUTE
         facts = (
-            f"{figures.created} ERP orders created and {figures.failure_rate:.1%} of stock "
-            f"reservations failed ({figures.failed} of {figures.attempts}) in the {minutes} min "
-            f"to {_clock(opened.at)}"
+            f"{figures.created} ERP orders created and {figures.failure_rate:.1%} of the "
+            f"orders' stock reservations failed ({figures.failed} of {figures.attempts}) in the "
+            f"{minutes} min to {_clock(opened.at)}"
         )
         if kind is AnomalyType.INTAKE_OVERLOAD:
             if resolved_at is None:
@@ -625,36 +546,13 @@ def _command_id(kind: CommandKind, at: datetime) -> str:
     return deterministic_id("command", kind.value, SCOPE, at.isoformat())
 
 
-def _utc(at: datetime) -> datetime:
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(f"event time must carry an offset: {at.isoformat()}")
-    return at.astimezone(UTC)
-
-
 def _parse(raw: str | None) -> datetime | None:
-    return None if raw is None else _utc(datetime.fromisoformat(raw))
+    return None if raw is None else utc(datetime.fromisoformat(raw))
 
 
 def _floor(at: datetime, step: timedelta) -> datetime:
     # Aligned to the epoch, so every worker and every restart agrees on the instants.
-    return EPOCH + ((_utc(at) - EPOCH) // step) * step
-
-
-def _minute_floor(at: datetime) -> int:
-    return (_utc(at) - EPOCH) // MINUTE
-
-
-def _exact_minute(at: datetime) -> int:
-    offset = _utc(at) - EPOCH
-    if offset % MINUTE:
-        raise ValueError(f"window ends must be whole minutes: {at.isoformat()}")
-    return offset // MINUTE
-
-
-def _whole_minutes(span: timedelta, name: str) -> int:
-    if span < timedelta(0) or span % MINUTE:
-        raise ValueError(f"{name} must be a non-negative whole number of minutes: {span}")
-    return span // MINUTE
+    return EPOCH + ((utc(at) - EPOCH) // step) * step
 
 
 def _clock(at: datetime) -> str:

@@ -2,8 +2,9 @@
 
 One `OrderState` per master order id holds, for each of erp/crm/wms/logistics, the source's
 order_ref, its latest stage (hence phase), the time, id and native label of that event, its
-last failure marker, and its earliest event per phase (for refresh latency, §4.1); plus the
-ERP's order facts (the customer's phone only as `phone_hash`) and the carrier's tracking.
+last failure marker and the time of its earliest `allocation_failed` (the breaker's
+reservation outcome, §7), and its earliest event per phase (for refresh latency, §4.1); plus
+the ERP's order facts (the customer's phone only as `phone_hash`) and the carrier's tracking.
 
 **Scope** — which systems must show the ERP's phase for the order to be consistent:
 
@@ -28,7 +29,8 @@ not depend on arrival order and re-applying an event changes nothing:
   one, it is final for that system; between the two the later `occurred_at` wins;
 * remaining ties go to the larger event id.
 
-Failure markers never move a system; the one with the latest (occurred_at, event id) is kept.
+Failure markers never move a system; the one with the latest (occurred_at, event id) is kept,
+and the earliest `allocation_failed` time besides.
 The order facts come from the latest ERP event carrying `order`; tracking from the latest
 event carrying a carrier or tracking number, a logistics event beating any other source.
 
@@ -108,6 +110,7 @@ class SystemView:
     marker_status: str | None = None
     marker_at_us: int = 0
     marker_event_id: str = ""
+    failed_us: int | None = None  # earliest allocation_failed: a stock reservation failed
     # The carrier's only: the distinct occurred_at of its events, ascending, the latest
     # MAX_TIMES kept (its scans within a phase move the stall rule's anchor; for the other
     # systems, what `as_of` needs is in `firsts` and the latest event).
@@ -260,10 +263,11 @@ class OrderState:
         # About 1 KiB for a delivered order of 20 events, so the state table and its changelog
         # stay small: {"o": order id, "b": base µs, "s": {e|c|w|l: system}, "f": facts,
         # "t": tracking, "i": digests}. A system is a list [seen, firsts, ref, stage, status,
-        # at, event id, marker, marker status, marker at, marker event id], trailing nulls
-        # dropped; firsts are flat [phase, at, event id, ...]; enums are list indexes; `at` and
-        # event id are null when the latest event is its phase's first, seen null when it
-        # equals `at`, ref 0 when it is the order id.
+        # at, event id, marker, marker status, marker at, marker event id, failed], trailing
+        # nulls dropped; firsts are flat [phase, at, event id, ...]; enums are list indexes;
+        # `at` and event id are null when the latest event is its phase's first, seen null
+        # when it equals `at`, ref 0 when it is the order id, failed null when it is the
+        # marker's own time (the marker an allocation_failed) or there was no such failure.
         base = self._base_us()
         out: dict[str, Any] = {"o": self.order_id, "b": base}
         out["s"] = {
@@ -447,6 +451,10 @@ class OrderJoin:
             marker_value = event.get("marker")
             if marker_value is None:
                 raise ValueError(f"event {event_id!r} has neither a stage nor a marker")
+            if marker_value == Marker.ALLOCATION_FAILED and (
+                view.failed_us is None or t < view.failed_us
+            ):
+                view.failed_us = t
             if view.marker is None or (t, event_id) > (view.marker_at_us, view.marker_event_id):
                 view.marker = _MARKERS[marker_value]
                 view.marker_status = event.get("status")
@@ -703,6 +711,8 @@ def _view_as_of(view: SystemView, t: int) -> SystemView | None:
         phase = _phase_reached(firsts)
         past.stage = _FIRST_STAGE_OF[phase]
         past.at_us, past.event_id = firsts[phase]
+    if view.failed_us is not None and view.failed_us <= t:
+        past.failed_us = view.failed_us
     if has_marker:
         past.marker, past.marker_status = view.marker, view.marker_status
         past.marker_at_us, past.marker_event_id = view.marker_at_us, view.marker_event_id
@@ -750,11 +760,16 @@ def _view_to_json(view: SystemView, base: int, order_id: str) -> list[Any]:
         ]
     marker: list[Any] = []
     if view.marker is not None:
+        # A system's one failure is its latest marker too: its time is not stored twice.
+        failed = view.failed_us
+        if view.marker is Marker.ALLOCATION_FAILED and failed == view.marker_at_us:
+            failed = None
         marker = [
             _MARKER_INDEX[view.marker],
             view.marker_status,
             _enc(view.marker_at_us, base),
             view.marker_event_id,
+            None if failed is None else _enc(failed, base),
         ]
     # 0 stands for "the master id itself", as the ERP's order_ref usually is.
     ref: str | int | None = 0 if view.ref == order_id else view.ref
@@ -771,15 +786,16 @@ def _view_to_json(view: SystemView, base: int, order_id: str) -> list[Any]:
             before = at
     packed = [None if seen is None else _enc(seen, base), firsts, ref, *latest]
     if marker or times is not None:
-        packed += marker or [None] * 4
+        packed += marker or [None] * 5
     if times is not None:
         packed.append(times)
     return _trim(packed)
 
 
 def _view_from_json(packed: list[Any], base: int, order_id: str, source: Source) -> SystemView:
-    packed = [*packed, *[None] * (12 - len(packed))]
-    seen, flat, ref, stage_i, status, at, eid, marker_i, m_status, m_at, m_eid, gaps = packed
+    packed = [*packed, *[None] * (13 - len(packed))]
+    seen, flat, ref, stage_i, status, at, eid, marker_i, m_status, m_at, m_eid, failed = packed[:12]
+    gaps = packed[12]
     view = SystemView(seen_us=0, ref=order_id if ref == 0 else ref)
     for i in range(0, len(flat or ()), 3):
         view.firsts[_PHASE_LIST[flat[i]]] = (_dec(flat[i + 1], base), flat[i + 2])
@@ -797,6 +813,10 @@ def _view_from_json(packed: list[Any], base: int, order_id: str, source: Source)
         view.marker_status = m_status
         view.marker_at_us = _dec(m_at, base)
         view.marker_event_id = m_eid
+        if failed is not None:
+            view.failed_us = _dec(failed, base)
+        elif view.marker is Marker.ALLOCATION_FAILED:
+            view.failed_us = view.marker_at_us
     if source is Source.LOGISTICS:
         times = _named_times(view)
         before = base
@@ -814,6 +834,8 @@ def _named_times(view: SystemView) -> set[int]:
         named.add(view.at_us)
     if view.marker is not None:
         named.add(view.marker_at_us)
+    if view.failed_us is not None:
+        named.add(view.failed_us)
     return named
 
 

@@ -1,5 +1,7 @@
 """The intake breaker through the real broker: a promotion-peak hour trips it to throttle,
-and it resumes after the condition has been clear for 30 minutes of event time."""
+and it resumes after the condition has been clear for 30 minutes of event time. The CRM and
+the WMS mirror every status, their connectors re-send every event under a new id, and failed
+reservations are retried: each order still counts once (§7)."""
 
 from __future__ import annotations
 
@@ -20,33 +22,45 @@ T0 = datetime(2026, 3, 2, 10, 0, tzinfo=CST)
 
 
 def _order(n: int, at: datetime, failed: bool) -> list[dict]:
+    """One order as the ERP, the CRM and the WMS report it; a failed reservation is retried
+    (restocked) 20 minutes later, and every system mirrors each step."""
     order_id = f"SO-{n:04d}"
-    create = {
-        "event_id": f"{order_id}-1",
-        "source": "erp",
-        "order_ref": order_id,
-        "status": "CREATED",
-        "occurred_at": at.isoformat(),
-        "order": {
-            "customer_id": f"C-{n}",
-            "channel": "douyin",
-            "lines": [{"sku": f"BRK-PAD-{n:04d}", "qty": 1, "unit_price": "99.00"}],
-            "amount": "99.00",
-            "currency": "CNY",
-        },
+    details = {
+        "customer_id": f"C-{n}",
+        "channel": "douyin",
+        "lines": [{"sku": f"BRK-PAD-{n:04d}", "qty": 1, "unit_price": "99.00"}],
+        "amount": "99.00",
+        "currency": "CNY",
     }
-    allocation = {
-        "event_id": f"{order_id}-2",
-        "source": "erp",
-        "order_ref": order_id,
-        "status": "ALLOCATION_FAILED" if failed else "ALLOCATED",
-        "occurred_at": (at + timedelta(seconds=30)).isoformat(),
-    }
-    return [create, allocation]
+    steps = [("erp", "CREATED", 0), ("crm", "NEW", 40)]
+    if failed:
+        later = 20 * 60  # restocked: the retry succeeds
+        steps += [("erp", "ALLOCATION_FAILED", 30), ("wms", "缺货", 50)]
+        steps += [("erp", "ALLOCATED", later + 30), ("crm", "PROCESSING", later + 45)]
+        steps += [("wms", "已分配", later + 55)]
+    else:
+        steps += [("erp", "ALLOCATED", 30), ("crm", "PROCESSING", 45), ("wms", "已分配", 55)]
+    events = [
+        {
+            "event_id": f"{order_id}-{source}-{k}",
+            "source": source,
+            "order_ref": order_id if source == "erp" else f"{source.upper()}-{n:04d}",
+            "erp_order_id": order_id,
+            "status": status,
+            "occurred_at": (at + timedelta(seconds=seconds)).isoformat(),
+        }
+        for k, (source, status, seconds) in enumerate(steps)
+    ]
+    events[0]["order"] = details
+    # The CRM's and the WMS's connectors publish everything twice, under new ids.
+    resent = [{**e, "event_id": f"{e['event_id']}-again"} for e in events if e["source"] != "erp"]
+    return events + resent
 
 
 def _records(prefix: str, events: list[dict]) -> list[tuple[str, bytes, bytes]]:
-    return [(f"{prefix}.erp.events", e["order_ref"].encode(), orjson.dumps(e)) for e in events]
+    return [
+        (f"{prefix}.{e['source']}.events", e["order_ref"].encode(), orjson.dumps(e)) for e in events
+    ]
 
 
 def _watermark(worker) -> datetime | None:
@@ -96,8 +110,12 @@ def test_promo_peak_throttles_then_resumes(broker, spawn, prefix):
 
     anomalies = [orjson.loads(r.value) for r in out if r.topic.endswith("anomalies")]
     breaker = [a for a in anomalies if a["type"] in ("intake_overload", "intake_throttled")]
-    throttled = [a["state"] for a in breaker if a["type"] == "intake_throttled"]
-    assert throttled == ["open", "resolved"]
+    throttled = [a for a in breaker if a["type"] == "intake_throttled"]
+    assert [a["state"] for a in throttled] == ["open", "resolved"]
+    # [09:40, 10:40): the 40 orders of the peak so far, each once: 8 failed, 32 reserved.
+    figures = [(a["orders_created"], a["allocated"], a["allocation_failed"]) for a in throttled]
+    assert figures == [(40, 32, 8)] * 2
+    assert throttled[0]["mode"] == "vip_only"
     overloads = {a["anomaly_id"] for a in breaker if a["type"] == "intake_overload"}
     assert len(overloads) == 7  # one per holding evaluation, 10:30 to 11:30
     assert all(a["route"]["team"] == "operations" for a in breaker)

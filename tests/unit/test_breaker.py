@@ -25,16 +25,8 @@ from schemas.anomalies import (
     Severity,
     Team,
 )
-from streams.rules.breaker import (
-    Breaker,
-    BreakerSettings,
-    Emit,
-    Evaluation,
-    IntakeCounts,
-    IntakeKind,
-    IntakeTotals,
-)
-from streams.rules.watermark import as_us
+from streams.rules.breaker import Breaker, BreakerSettings, Emit, Evaluation
+from streams.rules.intake import IntakeCounts, IntakeKind, IntakeTotals
 
 T0 = datetime(2024, 5, 6, 10, 0, tzinfo=UTC)
 WALL = datetime(2024, 5, 6, 10, 3, 7, tzinfo=UTC)
@@ -216,18 +208,6 @@ def test_the_window_is_half_open_and_offsets_do_not_matter() -> None:
     assert counts.window_totals(T0) == (2, 0, 0)
     assert counts.window_totals(T0.astimezone(shanghai)) == (2, 0, 0)
     assert counts.window_totals(T0 + MINUTE, span=MINUTE) == (1, 0, 0)
-
-
-def test_counting_in_microseconds_lands_in_the_same_minutes() -> None:
-    by_time, by_us = IntakeCounts(), IntakeCounts()
-    one_us = timedelta(microseconds=1)
-    for at in (T0 - HOUR, T0 - one_us, T0, T0 - HOUR - one_us):
-        by_time.add(IntakeKind.ALLOCATED, at, 2)
-        by_us.add_us(IntakeKind.ALLOCATED, as_us(at), 2)
-    assert by_us.to_json() == by_time.to_json()
-    assert by_us.window_totals(T0) == (0, 4, 0)
-    with pytest.raises(ValueError, match="cannot count"):
-        by_us.add_us(IntakeKind.CREATED, as_us(T0), -1)
 
 
 def test_window_ends_must_be_whole_minutes() -> None:

@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 from schemas.anomalies import Anomaly, Decision, DecisionKind, Route, Team
 from sinks import rows
-from streams.rules.breaker import Breaker, BreakerSettings, IntakeCounts
+from streams.rules.breaker import Breaker, BreakerSettings
 from streams.rules.dedupe import (
     DedupeRules,
     FingerprintWindow,
     apply_duplicate_decision,
     duplicate_anomaly,
 )
+from streams.rules.intake import IntakeCounts
 from streams.warehouse import breaker_history_rows
 from tests.unit.test_dedupe import order
 

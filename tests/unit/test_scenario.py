@@ -508,20 +508,37 @@ def test_duplicate_labels_are_exact(day: Scenario) -> None:
 
 
 def _breaker_ticks(scenario: Scenario, wms_too: bool) -> list[tuple[float, int, float]]:
-    creates, allocations = [], []
-    for event in scenario.events:
+    # §7: each order once; its reservation failed at its first allocation_failed from a
+    # reserving system, else succeeded at its first allocation there.
+    reserving = {"erp", "wms"} if wms_too else {"erp"}
+    masters = {
+        (e["source"], e["order_ref"]): e["erp_order_id"]
+        for e in _good(scenario)
+        if e.get("erp_order_id")
+    }
+    creates, failed_at, allocated_at = [], {}, {}
+    for event in _good(scenario):
         if "order" in event:
             creates.append(_ts(event))
-        if event["source"] == "erp" or (wms_too and event["source"] == "wms"):
-            mapped = STATUS_MAP.lookup(Source(event["source"]), event["status"])
-            if mapped is not None and mapped.value in ("allocated", "allocation_failed"):
-                allocations.append((_ts(event), mapped.value == "allocation_failed"))
+        if event["source"] not in reserving:
+            continue
+        mapped = STATUS_MAP.lookup(Source(event["source"]), event["status"])
+        if mapped is None or mapped.value not in ("allocated", "allocation_failed"):
+            continue
+        master = event["order_ref"] if event["source"] == "erp" else None
+        master = master or masters.get((event["source"], event["order_ref"]))
+        if master is None:  # never linked to an ERP order
+            continue
+        firsts = failed_at if mapped.value == "allocation_failed" else allocated_at
+        firsts[master] = min(firsts.get(master, _ts(event)), _ts(event))
+    outcomes = [(t, True) for t in failed_at.values()]
+    outcomes += [(t, False) for order, t in allocated_at.items() if order not in failed_at]
     ticks = []
     first = min(creates) // 600 * 600
     for k in range(int((max(creates) - first) // 600) + 2):
         tick = first + k * 600
-        made = sum(tick - HOUR < t <= tick for t in creates)
-        window = [failed for t, failed in allocations if tick - HOUR < t <= tick]
+        made = sum(tick - HOUR <= t < tick for t in creates)
+        window = [failed for t, failed in outcomes if tick - HOUR <= t < tick]
         rate = sum(window) / len(window) if window else 0.0
         ticks.append((tick, made, rate))
     return ticks
