@@ -47,7 +47,8 @@ def main() -> int:
             outputs = run(broker.url, bootstrap, Path(tmp), prefix, events, schedule, log=print)
             print(
                 f"{schedule.name}: {len(outputs.anomalies)} anomalies, {len(outputs.commands)} "
-                f"commands, {outputs.repeats} repeats, {time.monotonic() - started:.0f} s"
+                f"commands, {outputs.repeats} repeats, {outputs.late_events:.0f} late events, "
+                f"{time.monotonic() - started:.0f} s"
             )
             return outputs
 

@@ -51,6 +51,7 @@ class Outputs:
     commands: dict[str, dict[str, Any]] = field(default_factory=dict)
     repeats: int = 0  # records published again, identical
     conflicts: list[str] = field(default_factory=list)  # a command id with other content
+    late_events: float = 0.0  # events the per-order stage applied behind its watermark
 
     def final(self) -> dict[str, tuple[Any, ...]]:
         """Each anomaly's id -> (type, order, final state, severity, opened_at, resolved_at)."""
@@ -176,10 +177,22 @@ def run(
         publisher.join()
         newest = max(datetime.fromisoformat(str(e["occurred_at"])) for e in events)
         _settle(worker, bootstrap, prefix, newest - ALLOWED_LATENESS, settle_within)
-        return asyncio.run(_read_outputs(bootstrap, prefix))
+        outputs = asyncio.run(_read_outputs(bootstrap, prefix))
+        outputs.late_events = _late_events(worker)
+        return outputs
     finally:
         for each in workers:
             each.stop()
+
+
+def _late_events(worker: WorkerProcess) -> float:
+    # What this worker process applied behind its watermark (concord_late_events_total).
+    text = httpx.get(worker.url("/metrics"), timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("concord_late_events_total{")
+    )
 
 
 def _publish(bootstrap: str, records: list[tuple[str, bytes, bytes]], chunks: int) -> None:
