@@ -28,6 +28,15 @@ ConfigOpt = Annotated[
 BrokerOpt = Annotated[
     str | None, typer.Option("--broker", help="Broker URL, e.g. kafka://127.0.0.1:9092")
 ]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="CONCORD_API_TOKEN",
+        show_envvar=True,
+        help="The worker's API token, if it has one (better in the environment than here)",
+    ),
+]
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
@@ -83,7 +92,11 @@ def worker(
     settings = _settings(config, broker_url=broker_url, web_port=web_port, embedded_broker=embedded)
     from streams.runner import run_worker
 
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except SettingsError as exc:  # e.g. a non-loopback web host without an API token
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @cli.command()
@@ -180,6 +193,7 @@ def demo(
         typer.Option("--live/--no-live", help="Live terminal view (default: on a terminal)"),
     ] = None,
     web_port: Annotated[int, typer.Option(help="Worker web port")] = 6066,
+    token: TokenOpt = None,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its data")] = Path(
         ".concord/demo"
     ),
@@ -195,6 +209,7 @@ def demo(
             speed=speed,
             live=console.is_terminal if live is None else live,
             web_port=web_port,
+            api_token=token,
             data_dir=data_dir,
         )
     )
@@ -203,13 +218,15 @@ def demo(
 @cli.command()
 def status(
     url: Annotated[str, typer.Option(help="A worker's web address")] = "http://127.0.0.1:6066",
+    token: TokenOpt = None,
 ) -> None:
     """Show a running worker's KPIs, breaker, ghosts and duplicates."""
     from concord.dashboard import fetch, render
+    from concord.worker_api import WorkerAPI
 
-    snap = fetch(url.rstrip("/"))
+    snap = fetch(WorkerAPI(url, token))
     if snap is None:
-        console.print(f"[red]no worker answers at {url}[/red]")
+        console.print(f"[red]no worker answers at {url} (or it refused the token)[/red]")
         raise typer.Exit(1)
     console.print(render(snap))
 
@@ -226,6 +243,7 @@ def scorecard(
         str | None,
         typer.Option(help="Ask a running worker (e.g. http://127.0.0.1:6066) instead"),
     ] = None,
+    token: TokenOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON")] = False,
     config: ConfigOpt = None,
     data_dir: Annotated[
@@ -236,6 +254,7 @@ def scorecard(
     from datetime import date
 
     from concord.scorecard import ScorecardUnavailableError, fetch, render
+    from concord.worker_api import WorkerAPI
     from sinks.clickhouse import EnginePathError, connect_settings
     from sinks.scorecard import scorecard_for
 
@@ -248,7 +267,7 @@ def scorecard(
     card: dict[str, Any] | None
     if url is not None:
         try:
-            card = fetch(url, day=day, tz=settings.timezone, timeout=30)
+            card = fetch(WorkerAPI(url, token), day=day, tz=settings.timezone, timeout=30)
         except ScorecardUnavailableError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc

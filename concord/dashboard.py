@@ -15,6 +15,7 @@ import httpx
 from rich.console import Group
 from rich.table import Table
 
+from concord.worker_api import WorkerAPI
 from sinks.metrics import metric_samples
 
 # The seeds' bars (contract §4): beyond these, customers and teams feel it.
@@ -52,11 +53,13 @@ class Snapshot:
         return None
 
 
-def fetch(base_url: str, timeout: float = 3.0) -> Snapshot | None:
-    """Read the worker at `base_url` (e.g. http://127.0.0.1:6066); None when it does not answer."""
+def fetch(api: WorkerAPI, timeout: float = 3.0) -> Snapshot | None:
+    """Read the worker's /kpis and /metrics; None when it does not answer (or refuses)."""
     try:
-        kpis = httpx.get(f"{base_url}/kpis", timeout=timeout).json()
-        text = httpx.get(f"{base_url}/metrics", timeout=timeout).text
+        answer = api.get("/kpis", timeout=timeout)
+        answer.raise_for_status()  # e.g. 401: a missing or wrong token
+        kpis = answer.json()
+        text = api.get("/metrics", timeout=timeout).text
     except (httpx.HTTPError, ValueError):
         return None
     return Snapshot(kpis, text, time.monotonic())

@@ -41,6 +41,7 @@ from concord.scorecard import ScorecardUnavailableError
 from concord.scorecard import fetch as fetch_scorecard
 from concord.scorecard import render as render_scorecard
 from concord.terminal import console, progress_bar
+from concord.worker_api import WorkerAPI
 from schemas.anomalies import GHOST_TYPES
 from schemas.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -85,8 +86,9 @@ def run_demo(
     live: bool,
     web_port: int,
     data_dir: Path,
+    api_token: str | None = None,
 ) -> int:
-    """Run the demo; the exit code."""
+    """Run the demo; the exit code. With `api_token` its worker requires that token."""
     data_dir = data_dir.resolve()
     try:
         fresh_data_dir(data_dir)
@@ -101,8 +103,10 @@ def run_demo(
     settings = Settings(broker_url=broker.url, embedded_broker=True, data_dir=data_dir)
     # Replayed flat out, a source partition that sent nothing for 5 s has no more to send:
     # it stops holding event time back sooner than the live default of a minute.
-    idle = {} if speed else {"source_idle_after": "PT5S"}
-    env = worker_env(broker.url, data_dir, web_port=web_port, timezone=PLANT_TIMEZONE, **idle)
+    extra = {} if speed else {"source_idle_after": "PT5S"}
+    if api_token:
+        extra["api_token"] = api_token
+    env = worker_env(broker.url, data_dir, web_port=web_port, timezone=PLANT_TIMEZONE, **extra)
     worker_log = (data_dir / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "concord", "worker"],
@@ -114,6 +118,7 @@ def run_demo(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     base_url = f"http://127.0.0.1:{web_port}"
+    api = WorkerAPI(base_url, api_token)
     try:
         console.print(f"[bold]Concord demo[/bold] — broker {broker.url}, worker on {base_url}")
         config = ScenarioConfig(seed=seed, orders=orders, bad_inputs=60)
@@ -132,7 +137,7 @@ def run_demo(
 
         sender = _Sender(settings, feed, speed)
         sender.start()
-        final = _follow(base_url, sender, lines, day_end, worker, stop, live)
+        final = _follow(api, sender, lines, day_end, worker, stop, live)
         if final is None:
             console.print(f"[red]the worker did not take the day; see {data_dir}/worker.log[/red]")
             return 1
@@ -147,7 +152,7 @@ def run_demo(
         found = asyncio.run(_anomalies(settings))
         scores = _against_labels(found, scenario.labels)
         console.print(_scores_table(scores))
-        card = _scorecard(base_url, config.start.date())
+        card = _scorecard(api, config.start.date())
         if card is not None:
             console.print(render_scorecard(card))
         summary = {
@@ -161,8 +166,9 @@ def run_demo(
         }
         (data_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         order_id = next(iter(sorted(scenario.labels.ghosts.get("status_conflict") or {"?"})))
+        asks = " (asks for the API token once)" if api_token else ""
         console.print(
-            f"\nsupport desk: {base_url}/desk   order 360: {base_url}/orders/{order_id}\n"
+            f"\nsupport desk: {base_url}/desk{asks}   order 360: {base_url}/orders/{order_id}\n"
             f"KPIs: {base_url}/kpis   scorecard: {base_url}/scorecard   "
             f"metrics: {base_url}/metrics\n"
             f"topics on {broker.url}: concord.anomalies, concord.commands, concord.deadletter\n"
@@ -220,7 +226,7 @@ class _Sender(threading.Thread):
 
 
 def _follow(
-    base_url: str,
+    api: WorkerAPI,
     sender: _Sender,
     lines: int,
     day_end: datetime,
@@ -250,7 +256,7 @@ def _follow(
         nonlocal previous, idle_deadline
         if worker.poll() is not None or sender.error is not None:
             raise RuntimeError(str(sender.error or "the worker stopped"))
-        snap = fetch(base_url)
+        snap = fetch(api)
         if snap is not None:
             if previous is None or snap.total("concord_events_total") > previous.total(
                 "concord_events_total"
@@ -285,10 +291,10 @@ def _follow(
         return None
 
 
-def _scorecard(base_url: str, day: date) -> dict[str, Any] | None:
+def _scorecard(api: WorkerAPI, day: date) -> dict[str, Any] | None:
     # The worker reads its own ClickHouse (an embedded one admits one process).
     try:
-        card = fetch_scorecard(base_url, day=day.isoformat())
+        card = fetch_scorecard(api, day=day.isoformat())
     except ScorecardUnavailableError as exc:
         console.print(f"[red]scorecard: {exc}[/red]")
         return None

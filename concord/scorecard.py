@@ -9,6 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from concord.worker_api import WorkerAPI
+
 _BAND_STYLE = {"urgent": "bold red", "bottlenecks": "bold yellow", "healthy": "bold green"}
 _BAND_TEXT = {
     "urgent": "≤ 10: the order flow needs rebuilding",
@@ -22,19 +24,19 @@ class ScorecardUnavailableError(RuntimeError):
 
 
 def fetch(
-    base_url: str, *, day: str | None = None, tz: str | None = None, timeout: float = 60
+    api: WorkerAPI, *, day: str | None = None, tz: str | None = None, timeout: float = 60
 ) -> dict[str, Any] | None:
     """A running worker's `GET /scorecard`; None while no order is placed (its 404)."""
     params = {k: v for k, v in (("day", day), ("tz", tz)) if v}
     try:
-        answer = httpx.get(f"{base_url.rstrip('/')}/scorecard", params=params, timeout=timeout)
+        answer = api.get("/scorecard", params=params, timeout=timeout)
         body = answer.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise ScorecardUnavailableError(f"no scorecard from {base_url}: {exc}") from exc
+        raise ScorecardUnavailableError(f"no scorecard from {api.base_url}: {exc}") from exc
     if answer.status_code == 404:
         return None
     if answer.status_code != 200:
-        raise ScorecardUnavailableError(f"{base_url}: {body.get('error', answer.text)}")
+        raise ScorecardUnavailableError(f"{api.base_url}: {body.get('error', answer.text)}")
     card: dict[str, Any] = body
     return card
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 
 _NON_DIGITS = re.compile(r"\D+")
+
+# A key shorter than this could itself be guessed, and with it every phone.
+MIN_KEY_BYTES = 16
 
 
 def normalize_phone(phone: str) -> str:
@@ -18,9 +22,40 @@ def normalize_phone(phone: str) -> str:
     return digits
 
 
-def phone_hash(phone: str) -> str:
-    """A stable, non-reversible key for a phone number (sha256 of its normalised digits)."""
-    return hashlib.sha256(("concord-phone:" + normalize_phone(phone)).encode()).hexdigest()
+class PhoneHasher:
+    """Keyed phone hashes: HMAC-SHA256 of the normalised digits under a secret key.
+
+    A phone has ~10^8 values per prefix, so any unkeyed hash of it is reversed by trying them
+    all; without the key no candidate's hash can be computed. A previous key, kept after a
+    rotation, still finds orders stored under it (`lookup_hashes`); nothing new is hashed
+    with it.
+    """
+
+    __slots__ = ("_key", "_previous")
+
+    def __init__(self, key: bytes, previous: bytes | None = None) -> None:
+        for given in (key, previous):
+            if given is not None and len(given) < MIN_KEY_BYTES:
+                raise ValueError(f"a phone key needs at least {MIN_KEY_BYTES} bytes")
+        self._key = key
+        self._previous = previous
+
+    def __repr__(self) -> str:
+        return "PhoneHasher(<secret key>)"
+
+    def phone_hash(self, phone: str) -> str:
+        """The hash a phone is stored and indexed under (hex, 64 characters)."""
+        return _hmac(self._key, phone)
+
+    def lookup_hashes(self, phone: str) -> tuple[str, ...]:
+        """Every hash an order placed with `phone` may carry: the current key's first."""
+        if self._previous is None:
+            return (self.phone_hash(phone),)
+        return self.phone_hash(phone), _hmac(self._previous, phone)
+
+
+def _hmac(key: bytes, phone: str) -> str:
+    return hmac.new(key, normalize_phone(phone).encode(), hashlib.sha256).hexdigest()
 
 
 def mask_phone(phone: str) -> str:

@@ -15,6 +15,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from schemas.privacy import MIN_KEY_BYTES
 from streams.rules.breaker import BreakerSettings
 from streams.rules.scorecard import zone_name
 
@@ -108,6 +109,27 @@ class Settings(BaseSettings):
     clickhouse_enabled: bool = Field(
         default=True, description="Write events, order states, anomalies and KPIs to ClickHouse"
     )
+    # Access to the read API, and the key of the phone hashes
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the read API requires (all but /health, /metrics, /desk); "
+        "without one the worker serves loopback only",
+    )
+    phone_search_burst: int = Field(
+        default=10, ge=1, le=10_000, description="Phone searches a client may make at once"
+    )
+    phone_search_per_minute: float = Field(
+        default=30.0, gt=0, le=60_000, description="A client's phone searches per minute after"
+    )
+    phone_key: SecretStr | None = Field(
+        default=None,
+        description="Secret key of the phone hashes (HMAC-SHA256); the same on every worker "
+        "of a cluster. Unset: generated once and kept in <data_dir>/phone.key",
+    )
+    phone_key_previous: SecretStr | None = Field(
+        default=None,
+        description="The key before a rotation: phone lookups still find orders stored with it",
+    )
     broker_session_timeout: float = Field(default=30.0, gt=0)
     broker_heartbeat_interval: float = Field(default=3.0, gt=0)
     broker_rebalance_timeout: float = Field(default=60.0, gt=0)
@@ -132,6 +154,17 @@ class Settings(BaseSettings):
                 f"give all, or some of {', '.join(STAGES)}"
             )
         return ",".join(stage for stage in STAGES if stage in names)
+
+    @field_validator("api_token", "phone_key", "phone_key_previous")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short secret can be guessed: the token by trying it, the phone key (and with it
+        # every phone) offline against a stored hash.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_KEY_BYTES} bytes; make one with `openssl rand -hex 32`"
+            )
+        return value
 
     @field_validator("timezone")
     @classmethod

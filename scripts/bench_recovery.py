@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaProducer
 
 from concord.broker import free_port, start_broker, worker_env
 from concord.scenario import ScenarioConfig, encode, generate
+from schemas.privacy import PhoneHasher
 from schemas.settings import Settings
 from schemas.stages import Source
 from schemas.status_map import load_status_map
@@ -53,7 +54,7 @@ APP_ID = f"{PREFIX}-concord"
 def template_states(seed: int = 7) -> list[tuple[bytes, bytes]]:
     """(order id, changelog value) of every joined ERP order of a scenario day."""
     scenario = generate(ScenarioConfig(seed=seed, orders=1800))
-    ingest, join = IngestRules(load_status_map(None)), OrderJoin()
+    ingest, join = IngestRules(load_status_map(None)), OrderJoin(PhoneHasher(os.urandom(32)))
     refs: dict[str, RefState] = {}
     orders: dict[str, OrderState] = {}
     wall = datetime.now(UTC)

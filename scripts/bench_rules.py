@@ -12,6 +12,7 @@ Prints µs per event for each and the share of the total, so the cost of one cap
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import orjson
 
 from concord.scenario import ScenarioConfig, encode, generate
 from schemas.events import OrderDetails
+from schemas.privacy import PhoneHasher
 from schemas.stages import Source
 from schemas.status_map import load_status_map
 from streams.rules.consistency import ConsistencyTracker
@@ -40,7 +42,7 @@ def main() -> None:
     scenario = generate(ScenarioConfig(seed=args.seed, orders=args.orders))
     raw = [encode(e) for e in scenario.events]
     ingest = IngestRules(load_status_map(None))
-    join, ghosts, dedupe = OrderJoin(), GhostRules(), DedupeRules()
+    join, ghosts, dedupe = OrderJoin(PhoneHasher(os.urandom(32))), GhostRules(), DedupeRules()
     latency, consistency = LatencyWindow(), ConsistencyTracker()
     watermark = Watermark()
     refs: dict[str, RefState] = {}

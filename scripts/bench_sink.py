@@ -12,6 +12,7 @@ contenders (background merges of one slow the next) and the best round of each i
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import uuid
@@ -19,8 +20,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from schemas.privacy import PhoneHasher
 from sinks.clickhouse import ClickHouseSink, close_embedded, connect, migrate
 from sinks.rows import TABLE_COLUMNS, event_row
+
+PHONES = PhoneHasher(os.urandom(32))
 
 
 def make_rows(n: int) -> list[dict[str, Any]]:
@@ -51,7 +55,8 @@ def make_rows(n: int) -> list[dict[str, Any]]:
                         "vip": i % 10 == 0,
                     },
                     "attrs": {"campaign": "double-11", "note": "leave at the door"},
-                }
+                },
+                phones=PHONES,
             )
         )
     return out

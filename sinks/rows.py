@@ -4,7 +4,8 @@ Every mapper returns a dict keyed by exactly the columns in `TABLE_COLUMNS[table
 timestamps as aware UTC datetimes. Nothing here does I/O or reads the clock, so a replay
 maps the same input to the same row, which is what makes the sink's writes idempotent.
 
-Privacy (contract §9): phones are hashed (`phone_hash`) or masked (`mask_phone`), addresses
+Privacy (contract §9): phones are hashed (keyed: the mappers that meet one take the worker's
+`PhoneHasher`) or masked (`mask_phone`), addresses
 masked (`mask_address`), in the typed columns *and* inside every JSON or free-text column:
 `scrub` masks values under phone/address-like keys at any depth and phone numbers that
 appear in free text.
@@ -25,7 +26,7 @@ import orjson
 from pydantic import BaseModel
 
 from schemas.anomalies import Anomaly, AnomalyType
-from schemas.privacy import mask_address, mask_phone, phone_hash
+from schemas.privacy import PhoneHasher, mask_address, mask_phone
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "events": (
@@ -260,13 +261,13 @@ def scrub_bytes(raw: bytes) -> bytes:
     return orjson.dumps(scrub(parsed), default=str)
 
 
-def safe_customer_id(customer_id: Any) -> str:
+def safe_customer_id(customer_id: Any, *, phones: PhoneHasher) -> str:
     """A customer id, unless it is a phone number: then a stable hash in its place."""
     if customer_id is None:
         return ""
     text = str(customer_id).strip()
     if _MOBILE_FULL.fullmatch(re.sub(r"[\s-]", "", text)):
-        return "phone:" + phone_hash(text)[:16]
+        return "phone:" + phones.phone_hash(text)[:16]
     return text
 
 
@@ -316,7 +317,7 @@ def _address_text(value: Any) -> str:
 # --- mappers -------------------------------------------------------------------------------
 
 
-def event_row(event: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+def event_row(event: Mapping[str, Any] | BaseModel, *, phones: PhoneHasher) -> dict[str, Any]:
     """An accepted, normalised change event (ingest's dict or a NormalizedEvent) → `events`."""
     body = _plain(event)
     order = body.get("order") or {}
@@ -335,8 +336,8 @@ def event_row(event: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
         "occurred_at": utc(body["occurred_at"]),
         "received_at": utc(body.get("received_at") or body["occurred_at"]),
         "channel": _text(order.get("channel")),
-        "customer_id": safe_customer_id(order.get("customer_id")),
-        "phone_hash": phone_hash(str(phone)) if phone else "",
+        "customer_id": safe_customer_id(order.get("customer_id"), phones=phones),
+        "phone_hash": phones.phone_hash(str(phone)) if phone else "",
         "ship_to_masked": mask_address(_address_text(ship_to)) if ship_to else "",
         "amount": _decimal(order.get("amount")),
         "currency": _text(order.get("currency")),
@@ -353,6 +354,7 @@ def order_state_row(
     systems: Mapping[str, Mapping[str, Any]],
     consistent: bool,
     version: int,
+    phones: PhoneHasher,
     customer_id: str | None = None,
     channel: str | None = None,
     vip: bool = False,
@@ -371,11 +373,13 @@ def order_state_row(
     row: dict[str, Any] = {
         "order_id": order_id,
         "placed_at": _utc_or_none(placed_at),
-        "customer_id": safe_customer_id(customer_id),
+        "customer_id": safe_customer_id(customer_id, phones=phones),
         "channel": _text(channel),
         "vip": int(bool(vip)),
         "priority": priority,
-        "phone_hash": phone_hash(customer_phone) if customer_phone else customer_phone_hash or "",
+        "phone_hash": (
+            phones.phone_hash(customer_phone) if customer_phone else customer_phone_hash or ""
+        ),
         "consistent": int(bool(consistent)),
         "version": int(version),
     }
@@ -471,6 +475,7 @@ def duplicate_pair_row(
     placed_a: datetime | str,
     placed_b: datetime | str,
     detected_at: datetime | str,
+    phones: PhoneHasher,
     customer_id: str | None = None,
     channel_a: str = "",
     channel_b: str = "",
@@ -482,7 +487,7 @@ def duplicate_pair_row(
     a, b = utc(placed_a), utc(placed_b)
     return {
         "pair_id": pair_id,
-        "customer_id": safe_customer_id(customer_id),
+        "customer_id": safe_customer_id(customer_id, phones=phones),
         "order_a": order_a,
         "order_b": order_b,
         "channel_a": channel_a,
@@ -500,7 +505,7 @@ def duplicate_pair_row(
 _PAIR_STATE_OF_DECISION = {"duplicate.merge": "merged", "duplicate.keep": "kept"}
 
 
-def duplicate_pair_of(anomaly: Anomaly) -> dict[str, Any] | None:
+def duplicate_pair_of(anomaly: Anomaly, *, phones: PhoneHasher) -> dict[str, Any] | None:
     """A `duplicate_order` anomaly → its `duplicate_pairs` row (None for other anomalies).
 
     The pair is the anomaly's two evidence items (earlier-placed first, each with its order,
@@ -521,6 +526,7 @@ def duplicate_pair_of(anomaly: Anomaly) -> dict[str, Any] | None:
         placed_a=first.get("placed_at") or first["occurred_at"],
         placed_b=second.get("placed_at") or second["occurred_at"],
         detected_at=anomaly.detected_at,
+        phones=phones,
         channel_a=str(first.get("channel") or ""),
         channel_b=str(second.get("channel") or ""),
         state=state,

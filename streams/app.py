@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,6 @@ from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from faust.web import Request, Response, View
 
 from schemas.events import OrderDetails
-from schemas.privacy import phone_hash
 from schemas.routing import load_routing
 from schemas.settings import Settings
 from schemas.status_map import load_status_map
@@ -25,13 +27,19 @@ from streams.dedupe import DedupeStage
 from streams.faust_consumer import RecordInbox
 from streams.ingest import IngestStage
 from streams.orders import OrderStage
+from streams.phone_key import phone_key
 from streams.rules.dedupe import DedupeRules
 from streams.rules.ghosts import GhostRules
 from streams.rules.ingest import IngestRules
+from streams.rules.order_state import OrderJoin
+from streams.rules.rate_limit import TokenBuckets
 from streams.rules.scorecard import zone_name
 from streams.rules.watermark import SourceTime
 from streams.topics import TopicNames, kafka_auth
 from streams.warehouse import Warehouse, WarehouseDisabledError
+from streams.web_access import access_note, token_guard
+
+log = logging.getLogger(__name__)
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -58,6 +66,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_bind": settings.web_host,
+        # Faust's /table pages would serve the raw per-order state: off.
+        "web_tables_enabled": False,
         "datadir": str(settings.data_dir / "faust"),
         "table_cleanup_interval": 60.0,
     }
@@ -76,9 +86,11 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for these settings: the whole flow reads top to bottom here."""
-    warehouse = Warehouse(settings)
-    feed = warehouse if warehouse.enabled else None  # the stages' ClickHouse rows, if any
     app = faust.App(settings.app_id, **faust_settings(settings))
+    phones = phone_key(settings)  # the phone hashes' secret key
+    warehouse = Warehouse(settings, phones.hasher)
+    feed = warehouse if warehouse.enabled else None  # the stages' ClickHouse rows, if any
+    join = OrderJoin(phones.hasher)
     names = TopicNames.from_settings(settings)
     routing = load_routing(settings.routing_file)
     end_marker = tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None
@@ -95,6 +107,7 @@ def create_app(settings: Settings) -> faust.App:
         names,
         SourceTime(settings.allowed_lateness, settings.source_idle_after),
         GhostRules(routing=routing),
+        join,
         end_marker_key=end_marker,
     )
     # concord.normalized -> per-order join, KPIs, ghosts -> anomalies, commands, placements
@@ -107,6 +120,7 @@ def create_app(settings: Settings) -> faust.App:
         names,
         settings,
         routing,
+        join,
         fingerprint=lambda details: dedupe_rules.fingerprint(
             OrderDetails.model_validate(details)
         ).encode(),
@@ -230,13 +244,24 @@ def create_app(settings: Settings) -> faust.App:
                 return self.json({"error": f"unknown order {order_id!r}"}, status=404)
             return self.json(view)
 
+    searches = TokenBuckets(settings.phone_search_burst, settings.phone_search_per_minute / 60)
+
     @app.page("/orders")
     class OrderSearch(View):
+        # Faust serves no access log (its aiohttp runner has access_log=None), so the query
+        # string, the phone, is written nowhere; nor is it here.
         async def get(self, request: Request) -> Response:
+            wait = searches.take(request.remote or "", time.monotonic())
+            if wait:
+                return self.json(
+                    {"error": "too many phone searches from this address; try again later"},
+                    status=429,
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
             phone = request.query.get("phone", "").strip()
             if not phone:
                 return self.json({"error": "give ?phone=… to find a customer's orders"}, status=400)
-            return self.json({"orders": orders.orders_by_phone(phone_hash(phone))})
+            return self.json({"orders": orders.orders_by_phone(phones.hasher.lookup_hashes(phone))})
 
     desk = (Path(__file__).parent / "desk.html").read_bytes()
 
@@ -274,6 +299,14 @@ def create_app(settings: Settings) -> faust.App:
     class HealthView(View):
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "app": settings.app_id})
+
+    if settings.api_token is not None:
+        app.web.web_app.middlewares.append(token_guard(settings.api_token.get_secret_value()))
+
+    @app.task
+    async def announce_access() -> None:
+        log.log(logging.INFO if settings.api_token else logging.WARNING, access_note(settings))
+        log.info("phone hashes: key from %s", phones.origin)
 
     app.conf.concord = settings  # type: ignore[attr-defined]
     return app

@@ -86,6 +86,7 @@ class IngestStage(PartitionedStage):
         topics: TopicNames,
         source_time: SourceTime[Any],
         ghost_rules: GhostRules,
+        join: OrderJoin,
         *,
         end_marker_key: str | None,
     ):
@@ -100,7 +101,7 @@ class IngestStage(PartitionedStage):
         self._ends_at = 0.0
         # Unlinked references (events held for a link): orphan_order once they waited long.
         self.ghost_rules = ghost_rules
-        self.join = OrderJoin()
+        self.join = join
         self.unlinked = TimerWheel()
         self.on_anomaly: Callable[[Anomaly], None] = lambda anomaly: None
         self._built_for: int | None = None

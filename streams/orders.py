@@ -123,6 +123,7 @@ class OrderStage(PartitionedStage):
         topics: TopicNames,
         settings: Settings,
         routing: RoutingTable,
+        join: OrderJoin,
         *,
         fingerprint: Callable[[dict[str, Any]], bytes],
         warehouse: Warehouse | None = None,
@@ -143,7 +144,7 @@ class OrderStage(PartitionedStage):
         self._placements_marked: int | None = None
         self.topics = topics
         self.settings = settings
-        self.join = OrderJoin()
+        self.join = join
         self.ghost_rules = GhostRules(routing=routing)
         self.freshness = SourceFreshness(routing=routing)
         self.watermark = self._new_watermark()
@@ -677,9 +678,11 @@ class OrderStage(PartitionedStage):
             return None
         return order_view(entry.state, entry.ghosts, self.watermark.value)
 
-    def orders_by_phone(self, phone_hash: str) -> list[dict[str, Any]]:
-        """Views of this worker's orders placed with that phone (matched on its hash)."""
-        views = (self.order_view(o) for o in sorted(self.phones.get(phone_hash, ())))
+    def orders_by_phone(self, phone_hashes: Iterable[str]) -> list[dict[str, Any]]:
+        """Views of this worker's orders placed with that phone (matched on any of its hashes:
+        the current key's and, after a rotation, the previous key's)."""
+        found = set().union(*(self.phones.get(h, ()) for h in phone_hashes))
+        views = (self.order_view(o) for o in sorted(found))
         return [v for v in views if v is not None]
 
     def _publish_gauges(self) -> None:

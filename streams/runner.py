@@ -11,6 +11,7 @@ import faust
 from schemas.settings import Settings
 from streams.app import create_app
 from streams.topics import ensure_topics
+from streams.web_access import check_exposure
 
 
 class ConcordWorker(faust.Worker):
@@ -52,6 +53,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run_worker(settings: Settings) -> None:
     """Create missing topics, then run one worker until SIGINT/SIGTERM."""
+    check_exposure(settings)  # without a token, loopback only: refused before anything starts
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     collect_less_often()
     loop = new_event_loop()

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import orjson
@@ -24,6 +25,7 @@ from clickhouse_connect.driver import Client
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
 from schemas.anomalies import Anomaly, AnomalyState, AnomalyType, Command, CommandKind
+from schemas.privacy import PhoneHasher
 from schemas.settings import Settings
 from sinks import rows
 from sinks.clickhouse import ClickHouseSink, R, connect, migrate
@@ -92,10 +94,10 @@ def _window(span: timedelta) -> str:
     return f"{seconds}s"
 
 
-def normalized_row(value: bytes) -> dict[str, Any] | None:
+def normalized_row(value: bytes, *, phones: PhoneHasher) -> dict[str, Any] | None:
     """A concord.normalized record → an `events` row; None for decisions forwarded there."""
     body = orjson.loads(value)
-    return None if "decision" in body else rows.event_row(body)
+    return None if "decision" in body else rows.event_row(body, phones=phones)
 
 
 def breaker_history_rows(
@@ -143,12 +145,6 @@ def dead_letter_record_row(value: bytes) -> dict[str, Any]:
     )
 
 
-_TOPIC_ROWS: dict[str, tuple[str, Callable[[bytes], dict[str, Any] | None]]] = {
-    "normalized": ("events", normalized_row),
-    "deadletter": ("dead_letters", dead_letter_record_row),
-}
-
-
 def order_state_version(state: OrderState) -> int:
     """The `order_state` version: the order's latest event time in µs."""
     # A pure function of the state, which Faust restores from its changelog: after a restart
@@ -160,7 +156,9 @@ def order_state_version(state: OrderState) -> int:
     return state.last_event_us or 0
 
 
-def order_state_record_row(state: OrderState, consistent: bool) -> dict[str, Any]:
+def order_state_record_row(
+    state: OrderState, consistent: bool, *, phones: PhoneHasher
+) -> dict[str, Any]:
     """A joined order state → an `order_state` row (the phone only as its hash)."""
     systems = {
         source.value: {
@@ -177,6 +175,7 @@ def order_state_record_row(state: OrderState, consistent: bool) -> dict[str, Any
         systems=systems,
         consistent=consistent,
         version=order_state_version(state),
+        phones=phones,
         customer_id=facts.customer_id if facts else None,
         channel=facts.channel if facts else None,
         vip=facts.vip if facts else False,
@@ -221,8 +220,9 @@ def kpi_rows(at: datetime, kpis: Mapping[str, Any]) -> list[dict[str, Any]]:
 class Warehouse:
     """Buffers the worker's rows for ClickHouse and stores them before offsets are committed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, phones: PhoneHasher) -> None:
         self.enabled = settings.clickhouse_enabled
+        self.phones = phones
         self.database = settings.clickhouse_database
         # One data dir per worker, as for Faust's own: two sinks on one spill dir would
         # deliver (and delete) each other's segments.
@@ -277,14 +277,19 @@ class Warehouse:
             # Decoded once for both tables.
             parsed = self._mapped("anomalies", values, Anomaly.model_validate_json)
             self._add("anomalies", parsed, rows.anomaly_row)
-            self._add("duplicate_pairs", parsed, rows.duplicate_pair_of)
-            return
-        table, mapper = _TOPIC_ROWS[topic_kind]
-        self._add(table, values, mapper)
+            self._add(
+                "duplicate_pairs", parsed, partial(rows.duplicate_pair_of, phones=self.phones)
+            )
+        elif topic_kind == "normalized":
+            self._add("events", values, partial(normalized_row, phones=self.phones))
+        elif topic_kind == "deadletter":
+            self._add("dead_letters", values, dead_letter_record_row)
+        else:
+            raise ValueError(f"unknown topic kind {topic_kind!r}")
 
     def events(self, bodies: Iterable[Mapping[str, Any]]) -> None:
         """Normalised events as the per-order stage reads them (dicts) → `events` rows."""
-        self._add("events", bodies, rows.event_row)
+        self._add("events", bodies, partial(rows.event_row, phones=self.phones))
 
     def outgoing(self, records: Iterable[Any]) -> None:
         """Produced records (streams.produce.Outgoing): anomalies and dead letters are kept."""
@@ -305,7 +310,9 @@ class Warehouse:
 
     def order_states(self, items: Iterable[tuple[OrderState, bool]]) -> None:
         """(order state, consistent) pairs, e.g. each order a batch touched."""
-        self._add("order_state", items, lambda item: order_state_record_row(*item))
+        self._add(
+            "order_state", items, lambda item: order_state_record_row(*item, phones=self.phones)
+        )
 
     def latencies(self, observations: Iterable[Observation]) -> None:
         """Refresh-latency observations, revisions included."""

@@ -50,7 +50,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from schemas.privacy import phone_hash
+from schemas.privacy import PhoneHasher
 from schemas.stages import PHASE_OF, STAGE_RANK, TERMINAL_PHASES, Marker, Phase, Source, Stage
 from streams.rules.refresh_latency import (
     LINE_PHASES,
@@ -390,12 +390,14 @@ class Change:
 class OrderJoin:
     """Applies normalised events to per-order state; pure, no clock."""
 
-    __slots__ = ("max_ids",)
+    __slots__ = ("max_ids", "phones")
 
-    def __init__(self, max_ids: int = DEFAULT_MAX_IDS) -> None:
+    def __init__(self, phones: PhoneHasher, max_ids: int = DEFAULT_MAX_IDS) -> None:
         # The state itself is idempotent (every field is a max or min over events); the last
         # `max_ids` event digests only let a redelivery be reported as a duplicate.
         self.max_ids = max_ids
+        # The customer's phone is kept only as its keyed hash.
+        self.phones = phones
 
     def apply(
         self, state: OrderState, event: Mapping[str, Any], event_us: int | None = None
@@ -471,7 +473,7 @@ class OrderJoin:
         if source is Source.ERP:
             details = event.get("order")
             if isinstance(details, Mapping):
-                _take_facts(state, details, t)
+                _take_facts(state, details, t, self.phones)
         tracking = event.get("tracking")
         if isinstance(tracking, Mapping):
             _take_tracking(state, source, tracking, t)
@@ -629,7 +631,7 @@ def _move_first(
     return out
 
 
-def _take_facts(state: OrderState, details: Mapping[str, Any], t: int) -> None:
+def _take_facts(state: OrderState, details: Mapping[str, Any], t: int, phones: PhoneHasher) -> None:
     phone = details.get("customer_phone")
     placed = details.get("placed_at")
     amount = details.get("amount")
@@ -642,7 +644,7 @@ def _take_facts(state: OrderState, details: Mapping[str, Any], t: int) -> None:
         amount=None if amount is None else str(amount),
         currency=details.get("currency"),
         placed_at_us=t if placed is None else as_us(event_time(placed)),
-        phone_hash=phone_hash(phone) if phone else None,
+        phone_hash=phones.phone_hash(phone) if phone else None,
     )
     if state.facts is None or facts._rank() > state.facts._rank():
         state.facts = facts

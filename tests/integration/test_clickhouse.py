@@ -30,6 +30,7 @@ from sinks.clickhouse import (
     migrate,
 )
 from sinks.queries import QUERIES, run_query
+from tests.phones import PHONES
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,8 @@ def event_rows(n: int, start: int = 0) -> list[dict[str, Any]]:
                         "amount": "10.50",
                         "currency": "CNY",
                     },
-                }
+                },
+                phones=PHONES,
             )
         )
     return out
@@ -221,6 +223,7 @@ def scenario() -> dict[str, list[dict[str, Any]]]:
             detected_at=NOW,
             channel_a="douyin",
             channel_b="website",
+            phones=PHONES,
         ),
         mk.duplicate_pair_row(
             "d2",
@@ -231,6 +234,7 @@ def scenario() -> dict[str, list[dict[str, Any]]]:
             detected_at=NOW,
             channel_a="website",
             channel_b="douyin",
+            phones=PHONES,
         ),
         mk.duplicate_pair_row(
             "d2",
@@ -243,6 +247,7 @@ def scenario() -> dict[str, list[dict[str, Any]]]:
             channel_b="douyin",
             state="merged",
             decision="duplicate.merge",
+            phones=PHONES,
         ),
         mk.duplicate_pair_row(
             "d3",
@@ -253,6 +258,7 @@ def scenario() -> dict[str, list[dict[str, Any]]]:
             detected_at=NOW,
             channel_a="pos",
             channel_b="pos",
+            phones=PHONES,
         ),
     ]
     breaker = [
@@ -299,6 +305,7 @@ def scenario() -> dict[str, list[dict[str, Any]]]:
             version=3,
             channel="douyin",
             placed_at=NOW - timedelta(hours=3),
+            phones=PHONES,
         )
     ]
     kpis = [
@@ -664,7 +671,7 @@ def test_no_phone_or_address_is_stored_in_clear(client: Client) -> None:
         "attrs": {"receiver": {"mobile": PHONE, "address": ADDRESS}, "memo": f"tel {PHONE}"},
     }
     data = {
-        "events": [mk.event_row(event)],
+        "events": [mk.event_row(event, phones=PHONES)],
         "order_state": [
             mk.order_state_row(
                 "SO-pii",
@@ -673,6 +680,7 @@ def test_no_phone_or_address_is_stored_in_clear(client: Client) -> None:
                 version=1,
                 customer_id=PHONE,
                 customer_phone=PHONE,
+                phones=PHONES,
             )
         ],
         "anomalies": [
@@ -695,6 +703,7 @@ def test_no_phone_or_address_is_stored_in_clear(client: Client) -> None:
                 placed_b=NOW,
                 detected_at=NOW,
                 customer_id=PHONE,
+                phones=PHONES,
             )
         ],
         "dead_letters": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_the_embedded_pipeline_end_to_end(tmp_path):
+    # With an API token: the demo's worker requires it, and the demo's own reads send it.
+    env = {**os.environ, "CONCORD_API_TOKEN": "api-token-of-the-demo-test"}
     result = subprocess.run(
         [
             *(sys.executable, "-m", "concord", "demo", "--duration", "1", "--no-live"),
@@ -23,10 +26,12 @@ def test_demo_runs_the_embedded_pipeline_end_to_end(tmp_path):
         text=True,
         timeout=420,
         check=False,
+        env=env,
     )
     out = result.stderr + result.stdout
     assert result.returncode == 0, out
     assert "consistency ratio" in out
+    assert "/desk (asks for the API token once)" in out
     summary = orjson.loads((tmp_path / "summary.json").read_bytes())
 
     kpis = summary["kpis"]

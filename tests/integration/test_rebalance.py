@@ -3,7 +3,8 @@
 Every record a stage had taken when its partitions moved is either processed and committed
 by the old owner or delivered again to the new one: nothing is lost, the re-send check keeps
 anything from being forwarded twice, the per-order states written at the hand-over carry on,
-and an order lookup answers on either worker.
+and an order lookup answers on either worker (with the API token, which the routed request
+carries on to the owner).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from tests.integration.harness import WorkerProcess, normalized_events, produce,
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ORDERS = 2000
+TOKEN = "api-token-of-the-two-workers"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _population(worker: WorkerProcess) -> int:
-    kpis = httpx.get(worker.url("/kpis"), timeout=10).json()
+    kpis = httpx.get(worker.url("/kpis"), headers=BEARER, timeout=10).json()
     return int(kpis["consistency"]["population"])
 
 
@@ -47,7 +50,7 @@ def _wait_for(what: str, check, workers: list[WorkerProcess], within: float = 12
 
 def _lookups_answer(worker: WorkerProcess, order_ids: list[str]) -> bool:
     for order_id in order_ids:
-        response = httpx.get(worker.url(f"/orders/{order_id}"), timeout=10)
+        response = httpx.get(worker.url(f"/orders/{order_id}"), headers=BEARER, timeout=10)
         if response.status_code != 200:
             return False
         systems = response.json()["systems"]
@@ -64,7 +67,10 @@ def test_a_worker_joining_and_leaving_mid_stream_loses_nothing(
 ):
     bootstrap = f"127.0.0.1:{broker.port}"
     feed = build_feed(prefix, orders=ORDERS)
-    alone = {"CONCORD_CLICKHOUSE_ENABLED": "false"}  # one embedded ClickHouse per data dir
+    alone = {  # one embedded ClickHouse per data dir; one token for the group
+        "CONCORD_CLICKHOUSE_ENABLED": "false",
+        "CONCORD_API_TOKEN": TOKEN,
+    }
     first = spawn(**alone)
     half = len(feed.records) // 2
     asyncio.run(produce(bootstrap, feed.records[:half]))
@@ -101,6 +107,8 @@ def test_a_worker_joining_and_leaving_mid_stream_loses_nothing(
     sample = [f"SO{i:06d}" for i in range(0, ORDERS, 97)]
     for worker in both:  # a lookup of the other worker's order is routed to it
         _wait_for("every sampled order answers", lambda w=worker: _lookups_answer(w, sample), both)
+        anonymous = httpx.get(worker.url(f"/orders/{sample[0]}"), timeout=10)
+        assert anonymous.status_code == 401
 
     # The second worker leaves: its states, written at the hand-over, come back to the first.
     assert second.stop() == 0

@@ -13,6 +13,7 @@ from schemas.anomalies import Anomaly
 from sinks import rows as mk
 from sinks.clickhouse import ClickHouseSink
 from sinks.scorecard import day_figures, latest_day, scorecard_for
+from tests.phones import PHONES
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,8 @@ def event(order: str, source: str, stage: str, when: datetime, n: int) -> dict[s
             "stage": stage,
             "phase": "open",
             "occurred_at": when.isoformat(),
-        }
+        },
+        phones=PHONES,
     )
 
 
@@ -48,6 +50,7 @@ def state(order: str, placed: datetime, *, rush: bool = False, consistent: bool 
         version=1,
         priority="rush" if rush else "normal",
         placed_at=placed,
+        phones=PHONES,
     )
 
 

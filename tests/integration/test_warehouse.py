@@ -21,7 +21,6 @@ import pytest
 from clickhouse_connect.driver import Client
 
 from schemas.anomalies import Anomaly
-from schemas.privacy import phone_hash
 from schemas.settings import Settings
 from schemas.stages import Source
 from schemas.status_map import load_status_map
@@ -34,6 +33,7 @@ from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.refresh_latency import Observation
 from streams.rules.watermark import as_us
 from streams.warehouse import Warehouse
+from tests.phones import PHONES
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def dead_letter_records() -> list[bytes]:
 
 def join(records: list[bytes]) -> tuple[list[OrderState], list[Observation]]:
     """The order's state after each event (copies) and every latency observation emitted."""
-    state, joiner = OrderState(order_id="SO-1"), OrderJoin()
+    state, joiner = OrderState(order_id="SO-1"), OrderJoin(PHONES)
     snapshots: list[OrderState] = []
     observations: list[Observation] = []
     for record in records:
@@ -229,7 +229,7 @@ async def test_every_kind_of_row_lands_masked_and_a_redelivery_changes_nothing(
 ) -> None:
     records = normalized_records()
     states, observations = join(records)
-    wh = Warehouse(settings)
+    wh = Warehouse(settings, PHONES)
     await wh.start()
     feed(wh, records, states[:1], observations)
     await wh.before_commit()
@@ -249,7 +249,16 @@ async def test_every_kind_of_row_lands_masked_and_a_redelivery_changes_nothing(
         "FROM events FINAL ORDER BY occurred_at",
     )
     assert events == [
-        ("erp", "e1", "SO-1", "placed", "open", "website", phone_hash(PHONE), "北京市朝阳区***"),
+        (
+            "erp",
+            "e1",
+            "SO-1",
+            "placed",
+            "open",
+            "website",
+            PHONES.phone_hash(PHONE),
+            "北京市朝阳区***",
+        ),
         ("crm", "c1", "SO-1", "placed", "open", "", "", ""),
         ("wms", "w1", "SO-1", "shipped", "shipped", "", "", ""),
         ("erp", "e2", "SO-1", "shipped", "shipped", "", "", ""),
@@ -273,7 +282,7 @@ async def test_every_kind_of_row_lands_masked_and_a_redelivery_changes_nothing(
         "channel": "website",
         "vip": 1,
         "priority": "rush",
-        "phone_hash": phone_hash(PHONE),
+        "phone_hash": PHONES.phone_hash(PHONE),
         "placed_at": T,
         "updated_at": T + timedelta(minutes=90),
         "version": as_us(T + timedelta(minutes=90)),
@@ -348,7 +357,7 @@ async def test_clickhouse_down_blocks_no_commit_and_loses_no_row(
     records = normalized_records()
     states, _ = join(records)
 
-    down = Warehouse(settings)
+    down = Warehouse(settings, PHONES)
     await down.start()  # logs, does not raise: the worker runs on
     down.topic_records("normalized", records[:4])
     started = time.monotonic()
@@ -365,7 +374,7 @@ async def test_clickhouse_down_blocks_no_commit_and_loses_no_row(
 
     # The next run (or the same one, ClickHouse back) delivers the spilled rows first.
     monkeypatch.setattr(warehouse_module, "connect", real_connect)
-    up = Warehouse(settings)
+    up = Warehouse(settings, PHONES)
     await up.start()
     assert up.backlog_rows == 7
     await up.before_commit()
@@ -385,13 +394,13 @@ async def test_a_crash_after_a_commit_during_an_outage_keeps_the_rows(
         raise ConnectionRefusedError("injected: ClickHouse is down")
 
     monkeypatch.setattr(warehouse_module, "connect", unreachable)
-    crashed = Warehouse(settings)
+    crashed = Warehouse(settings, PHONES)
     crashed.topic_records("deadletter", dead_letter_records())
     await crashed.before_commit()  # the commit goes ahead; the process then dies (no stop)
     del crashed
 
     monkeypatch.setattr(warehouse_module, "connect", real_connect)
-    restarted = Warehouse(settings)
+    restarted = Warehouse(settings, PHONES)
     await restarted.start()
     await restarted.before_commit()
     assert column(client, "SELECT count() FROM dead_letters FINAL") == [2]
@@ -409,7 +418,7 @@ async def test_rows_neither_stored_nor_spilled_stop_the_commit(
 
     monkeypatch.setattr(warehouse_module, "connect", unreachable)
     monkeypatch.setattr(ClickHouseSink, "_write_segment", staticmethod(disk_full))
-    wh = Warehouse(settings)
+    wh = Warehouse(settings, PHONES)
     wh.topic_records("deadletter", dead_letter_records())
     with pytest.raises(UnsavedRowsError, match="2 rows are neither in ClickHouse nor on disk"):
         await wh.before_commit()
@@ -417,7 +426,7 @@ async def test_rows_neither_stored_nor_spilled_stop_the_commit(
 
 
 async def test_a_disabled_warehouse_does_nothing(tmp_path: Path) -> None:
-    wh = Warehouse(Settings(data_dir=tmp_path, clickhouse_enabled=False))
+    wh = Warehouse(Settings(data_dir=tmp_path, clickhouse_enabled=False), PHONES)
     await wh.start()
     wh.topic_records("normalized", normalized_records())
     await wh.before_commit()

@@ -12,11 +12,12 @@ from schemas.stages import Source, Stage
 from streams.rules.consistency import ConsistencyCounts, ConsistencyTracker
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.refresh_latency import TARGETS
+from tests.phones import PHONES
 from tests.unit.test_order_state import at, event, event_sets
 
 ERP, CRM, WMS, LOG = Source.ERP, Source.CRM, Source.WMS, Source.LOGISTICS
 H = 3600
-JOIN = OrderJoin()
+JOIN = OrderJoin(PHONES)
 
 
 def orders() -> dict[str, list[dict[str, Any]]]:

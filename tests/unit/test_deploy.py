@@ -28,6 +28,7 @@ from deploy.grafana import dashboards
 from schemas.anomalies import Team
 from schemas.settings import Settings
 from sinks.clickhouse import DEFAULT_TTL_DAYS, MIGRATIONS
+from streams.web_access import check_exposure
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -170,7 +171,9 @@ def compose_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} with the defaults (the variables are unset in tests)."""
+    """Compose's ${VAR:-default} with the defaults, and a required ${VAR:?message} with a
+    stand-in value (the variables are unset in tests)."""
+    value = re.sub(r"\$\{(\w+):\?[^}]*\}", r"stand-in-value-of-\1", value)
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
 
 
@@ -456,6 +459,8 @@ def test_compose_workers_have_valid_settings_and_their_own_port_and_state() -> N
         port = settings.web_port
         ports.add(port)
         assert settings.web_host == "0.0.0.0", f"{name}: Prometheus could not reach it"
+        check_exposure(settings)  # served beyond loopback: with a token
+        assert settings.phone_key is not None, f"{name}: no key, each worker would make its own"
         assert service["ports"] == [f"{port}:{port}"], name
         assert f"127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"]), name
         (volume,) = service["volumes"]
@@ -532,6 +537,8 @@ def test_kubernetes_workers_agree_with_configmap_service_and_settings() -> None:
     settings = assert_valid_settings({**config["data"], **secret["stringData"]}, "k8s")
     port = settings.web_port
     assert settings.web_host == "0.0.0.0"
+    check_exposure(settings)  # served beyond loopback: with a token
+    assert settings.phone_key is not None, "no phone key: each pod would make its own"
     assert statefulset["spec"]["replicas"] <= settings.topic_partitions
 
     pod = statefulset["spec"]["template"]

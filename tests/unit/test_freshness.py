@@ -23,6 +23,7 @@ from streams.rules.freshness import CaughtUp, FreshnessSettings, SourceFreshness
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel
 from streams.rules.lifecycle import apply_decision
 from streams.rules.order_state import OrderJoin, OrderState
+from tests.phones import PHONES
 
 T0 = datetime(2025, 12, 12, 2, 0, tzinfo=UTC)
 SEC = timedelta(seconds=1)
@@ -208,7 +209,7 @@ def test_freshness_settings_are_validated() -> None:
 # --- the whole story: a silent CRM, held flags, the CRM back ---------------------------------
 
 
-JOIN = OrderJoin()
+JOIN = OrderJoin(PHONES)
 RULES = GhostRules()
 
 

@@ -36,6 +36,7 @@ from streams.rules.ghosts import (
     next_deadline,
 )
 from streams.rules.order_state import OrderJoin, OrderState
+from tests.phones import PHONES
 
 T0 = datetime(2025, 12, 12, 10, 0, tzinfo=UTC)
 WALL = datetime(2025, 12, 12, 10, 0, 7, tzinfo=UTC)
@@ -43,7 +44,7 @@ ORDER = "SO2025121200123"
 SEC = timedelta(seconds=1)
 MIN = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
-JOIN = OrderJoin()
+JOIN = OrderJoin(PHONES)
 RULES = GhostRules()
 
 ERP, CRM, WMS, LOG = Source.ERP, Source.CRM, Source.WMS, Source.LOGISTICS

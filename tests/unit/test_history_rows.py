@@ -15,6 +15,7 @@ from streams.rules.dedupe import (
 )
 from streams.rules.intake import IntakeCounts
 from streams.warehouse import breaker_history_rows
+from tests.phones import PHONES
 from tests.unit.test_dedupe import order
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -38,7 +39,7 @@ def pair_anomaly() -> Anomaly:
 
 def test_a_duplicate_anomaly_is_a_pair_row_that_follows_its_decision() -> None:
     anomaly = pair_anomaly()
-    row = rows.duplicate_pair_of(anomaly)
+    row = rows.duplicate_pair_of(anomaly, phones=PHONES)
     assert row is not None
     assert (row["order_a"], row["order_b"]) == ("SO-A", "SO-B")
     assert (row["channel_a"], row["channel_b"]) == ("wechat", "website")
@@ -52,7 +53,7 @@ def test_a_duplicate_anomaly_is_a_pair_row_that_follows_its_decision() -> None:
         at=T0 + 9 * MIN,
     )
     kept, _ = apply_duplicate_decision(anomaly, keep, T0 + 10 * MIN)
-    later = rows.duplicate_pair_of(kept)
+    later = rows.duplicate_pair_of(kept, phones=PHONES)
     assert later is not None
     assert (later["pair_id"], later["state"], later["decision"]) == (
         row["pair_id"],
@@ -64,7 +65,7 @@ def test_a_duplicate_anomaly_is_a_pair_row_that_follows_its_decision() -> None:
 
 def test_other_anomalies_make_no_pair() -> None:
     anomaly = pair_anomaly().model_copy(update={"type": "orphan_order"})
-    assert rows.duplicate_pair_of(anomaly) is None
+    assert rows.duplicate_pair_of(anomaly, phones=PHONES) is None
 
 
 def test_breaker_history_has_every_evaluation_and_each_transition() -> None:

@@ -14,6 +14,7 @@ from streams.ingest import envelope
 from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.watermark import as_us, occurred_us
+from tests.phones import PHONES
 
 RULES = IngestRules(default_status_map())
 CST = timezone(timedelta(hours=8))
@@ -77,8 +78,8 @@ def test_text_already_in_iso_form_is_kept_as_it_came():
 def test_the_join_reads_the_event_time_ingest_gives_it():
     body = _forwarded(_erp(AT.timestamp()))
     passed, read = OrderState(order_id="SO1"), OrderState(order_id="SO1")
-    with_time = OrderJoin().apply(passed, body, body["occurred_us"])
-    without = OrderJoin().apply(read, body)
+    with_time = OrderJoin(PHONES).apply(passed, body, body["occurred_us"])
+    without = OrderJoin(PHONES).apply(read, body)
     assert with_time == without
     assert with_time.event_time == AT
     assert passed.to_json() == read.to_json()

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.privacy import phone_hash
 from schemas.stages import PHASE_OF, Marker, Phase, Source, Stage
 from streams.rules.order_state import (
     Change,
@@ -23,10 +22,11 @@ from streams.rules.order_state import (
     observations_of,
 )
 from streams.rules.refresh_latency import Observation
+from tests.phones import PHONES
 
 T0 = datetime(2025, 12, 12, 10, 0, tzinfo=UTC)
 ORDER = "SO2025121200123"
-JOIN = OrderJoin()
+JOIN = OrderJoin(PHONES)
 
 ERP, CRM, WMS, LOG = Source.ERP, Source.CRM, Source.WMS, Source.LOGISTICS
 
@@ -325,7 +325,7 @@ def test_order_facts_keep_a_phone_hash_never_the_phone() -> None:
     state, _ = run(full_order())
     facts = state.facts
     assert facts is not None
-    assert facts.phone_hash == phone_hash("13800138000")
+    assert facts.phone_hash == PHONES.phone_hash("13800138000")
     assert (facts.customer_id, facts.channel, facts.vip, facts.priority) == (
         "C-0042137",
         "douyin",

@@ -21,11 +21,12 @@ from streams.rules.refresh_latency import (
     measure,
 )
 from streams.rules.watermark import as_us
+from tests.phones import PHONES
 from tests.unit.test_order_state import at, event
 
 ERP, CRM, WMS, LOG = Source.ERP, Source.CRM, Source.WMS, Source.LOGISTICS
 HOUR = 3600
-JOIN = OrderJoin()
+JOIN = OrderJoin(PHONES)
 
 
 def observe(events: list[dict[str, Any]], order_id: str) -> list[Observation]:

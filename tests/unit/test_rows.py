@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from schemas.anomalies import Anomaly
-from schemas.privacy import phone_hash
 from sinks import rows
+from tests.phones import PHONES
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 PHONE = "13800138000"
@@ -57,13 +57,14 @@ def assert_clear_of_pii(text: str) -> None:
 def test_every_mapper_fills_exactly_its_table_columns() -> None:
     anomaly = make_anomaly()
     produced = {
-        "events": rows.event_row(erp_event()),
+        "events": rows.event_row(erp_event(), phones=PHONES),
         "order_state": rows.order_state_row(
             "SO-1",
             systems={"erp": {"stage": "placed", "phase": "open", "updated_at": T0}},
             consistent=True,
             version=1,
             placed_at=T0,
+            phones=PHONES,
         ),
         "refresh_latency": rows.latency_row(
             "SO-1",
@@ -76,7 +77,7 @@ def test_every_mapper_fills_exactly_its_table_columns() -> None:
         ),
         "anomalies": rows.anomaly_row(anomaly),
         "duplicate_pairs": rows.duplicate_pair_row(
-            "p", order_a="a", order_b="b", placed_a=T0, placed_b=T0, detected_at=T0
+            "p", order_a="a", order_b="b", placed_a=T0, placed_b=T0, detected_at=T0, phones=PHONES
         ),
         "kpi_snapshots": rows.kpi_row(T0, "consistency_ratio", 0.99),
         "breaker_history": rows.breaker_row(
@@ -99,7 +100,7 @@ def test_every_mapper_fills_exactly_its_table_columns() -> None:
 
 
 def test_event_row_maps_typed_columns() -> None:
-    row = rows.event_row(erp_event())
+    row = rows.event_row(erp_event(), phones=PHONES)
     assert row["event_id"] == "erp-1"
     assert row["order_id"] == "SO-1"
     assert row["occurred_at"] == T0
@@ -108,7 +109,7 @@ def test_event_row_maps_typed_columns() -> None:
     assert row["amount"] == Decimal("19.90")
     assert (row["channel"], row["customer_id"], row["currency"]) == ("douyin", "C-9", "CNY")
     assert (row["stage"], row["marker"], row["phase"]) == ("placed", "", "open")
-    assert row["phone_hash"] == phone_hash(PHONE)
+    assert row["phone_hash"] == PHONES.phone_hash(PHONE)
     assert row["ship_to_masked"] == "北京市朝阳区***"
 
 
@@ -121,7 +122,7 @@ def test_event_row_raw_is_masked_and_keeps_everything_else() -> None:
         },
         custom_field=42,
     )
-    row = rows.event_row(event)
+    row = rows.event_row(event, phones=PHONES)
     raw = orjson.loads(row["raw"])
     assert_clear_of_pii(row["raw"])
     assert "13900139000" not in row["raw"]
@@ -143,10 +144,10 @@ def test_event_row_is_deterministic_and_accepts_a_model() -> None:
     from schemas.events import NormalizedEvent
 
     event = erp_event()
-    assert rows.event_row(event) == rows.event_row(dict(event))
+    assert rows.event_row(event, phones=PHONES) == rows.event_row(dict(event), phones=PHONES)
     model = NormalizedEvent.model_validate(event)
-    from_model = rows.event_row(model)
-    assert from_model["phone_hash"] == phone_hash(PHONE)
+    from_model = rows.event_row(model, phones=PHONES)
+    assert from_model["phone_hash"] == PHONES.phone_hash(PHONE)
     assert from_model["occurred_at"] == T0
     assert_clear_of_pii(from_model["raw"])
 
@@ -162,7 +163,8 @@ def test_event_without_order_or_tracking() -> None:
             "occurred_at": "2026-11-20T08:00:00Z",
             "tracking": {"carrier": "SF", "tracking_no": "SF1380013800012"},
             "marker": "delivery_exception",
-        }
+        },
+        phones=PHONES,
     )
     assert row["order_id"] == "SO-1"
     assert row["amount"] is None
@@ -196,11 +198,11 @@ def test_ids_that_look_like_phones_are_left_alone() -> None:
 
 
 def test_customer_id_that_is_a_phone_is_hashed() -> None:
-    assert rows.safe_customer_id("C-1") == "C-1"
-    assert rows.safe_customer_id(None) == ""
-    hashed = rows.safe_customer_id("+86 138-0013-8000")
-    assert hashed == "phone:" + phone_hash(PHONE)[:16]
-    assert rows.safe_customer_id(PHONE) == hashed
+    assert rows.safe_customer_id("C-1", phones=PHONES) == "C-1"
+    assert rows.safe_customer_id(None, phones=PHONES) == ""
+    hashed = rows.safe_customer_id("+86 138-0013-8000", phones=PHONES)
+    assert hashed == "phone:" + PHONES.phone_hash(PHONE)[:16]
+    assert rows.safe_customer_id(PHONE, phones=PHONES) == hashed
 
 
 def test_order_state_row() -> None:
@@ -218,16 +220,17 @@ def test_order_state_row() -> None:
         priority="rush",
         customer_phone=PHONE,
         placed_at=T0 - timedelta(hours=5),
+        phones=PHONES,
     )
     assert row["updated_at"] == T0 + timedelta(hours=1)
     assert (row["erp_phase"], row["crm_phase"], row["wms_phase"]) == ("shipped", "fulfilling", "")
     assert row["wms_updated_at"] is None
     assert (row["consistent"], row["vip"], row["version"]) == (0, 1, 7)
-    assert row["phone_hash"] == phone_hash(PHONE)
+    assert row["phone_hash"] == PHONES.phone_hash(PHONE)
     with pytest.raises(ValueError, match="unknown systems"):
-        rows.order_state_row("SO-1", systems={"pos": {}}, consistent=True, version=1)
+        rows.order_state_row("SO-1", systems={"pos": {}}, consistent=True, version=1, phones=PHONES)
     with pytest.raises(ValueError, match="no placed_at"):
-        rows.order_state_row("SO-1", systems={}, consistent=True, version=1)
+        rows.order_state_row("SO-1", systems={}, consistent=True, version=1, phones=PHONES)
 
 
 def test_latency_row_clamps_clock_skew() -> None:
@@ -310,6 +313,7 @@ def test_duplicate_pair_row() -> None:
         customer_id=PHONE,
         channel_a="douyin",
         channel_b="website",
+        phones=PHONES,
     )
     assert row["gap_seconds"] == 120.0
     assert row["customer_id"].startswith("phone:")
@@ -323,6 +327,7 @@ def test_duplicate_pair_row() -> None:
             placed_b=T0,
             detected_at=T0,
             state="merged",
+            phones=PHONES,
         )["version"]
     )
 
