@@ -26,6 +26,7 @@ from streams.rules.intake import (
 )
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.watermark import as_us
+from tests.phones import PHONES
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=CST)  # a whole minute
@@ -66,7 +67,7 @@ def count(
 ) -> IntakeCounts:
     """The breaker's counts once the orders stage applied `batches` in turn: each event moves
     its order's count in the batch's delta, and the breaker folds the deltas in off the wire."""
-    join, states, total = OrderJoin(), dict[str, OrderState](), IntakeCounts()
+    join, states, total = OrderJoin(PHONES), dict[str, OrderState](), IntakeCounts()
     for seq, batch in enumerate(batches):
         delta = IntakeCounts()
         for body in batch:
@@ -280,7 +281,7 @@ def test_an_orders_minute_is_the_minute_add_counts_it_in() -> None:
     one_us = timedelta(microseconds=1)
     for at in (T0 - HOUR, T0 - one_us, T0, T0 - HOUR - one_us):
         state = OrderState(order_id="SO-0001")
-        OrderJoin().apply(
+        OrderJoin(PHONES).apply(
             state, {**ev(ERP, 1, Stage.PLACED, 0, "CREATED"), "occurred_at": at.isoformat()}
         )
         by_state, by_time = IntakeCounts(), IntakeCounts()
@@ -290,7 +291,7 @@ def test_an_orders_minute_is_the_minute_add_counts_it_in() -> None:
 
 
 def test_the_earliest_failure_survives_later_markers_and_the_state_round_trip() -> None:
-    state, join = OrderState(order_id="SO-0001"), OrderJoin()
+    state, join = OrderState(order_id="SO-0001"), OrderJoin(PHONES)
     for body in (
         ev(ERP, 1, Marker.ALLOCATION_FAILED, 9, "库存不足"),
         ev(ERP, 1, Marker.ALLOCATION_FAILED, 5, "STOCK_SHORTAGE"),
@@ -308,7 +309,7 @@ def test_the_earliest_failure_survives_later_markers_and_the_state_round_trip() 
 
 def test_a_state_written_before_the_failure_was_kept_reads_its_last_failure() -> None:
     state = OrderState(order_id="SO-0001")
-    OrderJoin().apply(state, ev(WMS, 1, Marker.ALLOCATION_FAILED, 5, "缺货"))
+    OrderJoin(PHONES).apply(state, ev(WMS, 1, Marker.ALLOCATION_FAILED, 5, "缺货"))
     raw = state.to_json()
     assert len(raw["s"]["w"]) == 11  # one failure, the marker itself: its time is not repeated
     assert OrderState.from_json(raw).systems[WMS].failed_us == as_us(T0 + 5 * MINUTE)
