@@ -10,8 +10,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
+
+# What the workers started here replay (scenario days, test and benchmark feeds) are fixed
+# days of the past: a live bound on event age (CONCORD_MAX_EVENT_AGE) would turn them into
+# dead letters as they age.
+REPLAY_MAX_EVENT_AGE = timedelta(days=100 * 365)
 
 
 class BrokerError(RuntimeError):
@@ -56,10 +62,12 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 def worker_env(broker_url: str, data_dir: Path, **settings: object) -> dict[str, str]:
     """Environment for a `concord worker` process on the embedded broker.
 
-    The parent's CONCORD_* variables are dropped so only the given settings apply;
-    `settings` are Settings field names (web_port=6067 -> CONCORD_WEB_PORT=6067).
+    The parent's CONCORD_* variables are dropped so only the given settings apply (and
+    REPLAY_MAX_EVENT_AGE unless given); `settings` are Settings field names (web_port=6067 ->
+    CONCORD_WEB_PORT=6067).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
+    env["CONCORD_MAX_EVENT_AGE"] = f"P{REPLAY_MAX_EVENT_AGE.days}D"
     env["CONCORD_BROKER_URL"] = broker_url
     env["CONCORD_EMBEDDED_BROKER"] = "true"
     env["CONCORD_DATA_DIR"] = str(data_dir)

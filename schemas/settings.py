@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 from schemas.privacy import MIN_KEY_BYTES
 from streams.rules.breaker import BreakerSettings
+from streams.rules.ingest import DEFAULT_DETAILS_WAIT, InputLimits
 from streams.rules.scorecard import zone_name
 
 CONFIG_FILE_ENV = "CONCORD_CONFIG"
@@ -89,6 +90,32 @@ class Settings(BaseSettings):
         default=timedelta(seconds=60),
         description="With no event for this long (wall time), the watermark follows the wall clock",
     )
+    max_event_age: timedelta = Field(
+        default=InputLimits().max_age,
+        gt=timedelta(0),
+        description="An event (or order.placed_at) older than this before the wall clock is "
+        "dead-lettered implausible_time",
+    )
+    max_event_ahead: timedelta = Field(
+        default=InputLimits().max_ahead,
+        ge=timedelta(0),
+        description="An event (or order.placed_at) further than this ahead of the wall clock "
+        "is dead-lettered implausible_time",
+    )
+    order_details_wait: timedelta = Field(
+        default=DEFAULT_DETAILS_WAIT,
+        gt=timedelta(0),
+        description="How long (event time, on ingest's watermark) an ERP event waits for the "
+        "event carrying its order's details before it is dead-lettered missing_order",
+    )
+    max_record_bytes: int = Field(default=InputLimits().record_bytes, ge=1024)
+    max_json_depth: int = Field(
+        default=InputLimits().depth,
+        ge=4,  # an order line sits at depth 4
+        le=200,  # the JSON parser refuses deeper input anyway (as invalid_json)
+    )
+    max_string_bytes: int = Field(default=InputLimits().string_bytes, ge=256)
+    max_order_lines: int = Field(default=InputLimits().order_lines, ge=1)
     duplicate_window: timedelta = Field(
         default=timedelta(minutes=15),
         description="Orders of one fingerprint placed this close together are duplicates (±)",
@@ -199,6 +226,18 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of Concord's topics, e.g. topic('erp.events')."""
         return f"{self.topic_prefix}.{name}"
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """What one input record may be (ingest's size, depth and time checks)."""
+        return InputLimits(
+            record_bytes=self.max_record_bytes,
+            depth=self.max_json_depth,
+            string_bytes=self.max_string_bytes,
+            order_lines=self.max_order_lines,
+            max_age=self.max_event_age,
+            max_ahead=self.max_event_ahead,
+        )
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -35,14 +35,22 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from concord.broker import free_port, start_broker, worker_env
+from concord.broker import REPLAY_MAX_EVENT_AGE, free_port, start_broker, worker_env
 from concord.scenario import ScenarioConfig, encode, generate
 from schemas.privacy import PhoneHasher
 from schemas.settings import Settings
 from schemas.stages import Source
 from schemas.status_map import load_status_map
 from streams.produce import BatchProducer
-from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
+from streams.rules.ingest import (
+    IngestRules,
+    InputLimits,
+    Origin,
+    Outcome,
+    RefState,
+    Rejection,
+    state_key,
+)
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.tansu import END_MARKER_KEY
 from streams.topics import TopicNames, ensure_topics
@@ -54,16 +62,17 @@ APP_ID = f"{PREFIX}-concord"
 def template_states(seed: int = 7) -> list[tuple[bytes, bytes]]:
     """(order id, changelog value) of every joined ERP order of a scenario day."""
     scenario = generate(ScenarioConfig(seed=seed, orders=1800))
-    ingest, join = IngestRules(load_status_map(None)), OrderJoin(PhoneHasher(os.urandom(32)))
+    ingest = IngestRules(load_status_map(None), limits=InputLimits(max_age=REPLAY_MAX_EVENT_AGE))
+    join = OrderJoin(PhoneHasher(os.urandom(32)))
     refs: dict[str, RefState] = {}
     orders: dict[str, OrderState] = {}
     wall = datetime.now(UTC)
-    for source_name, value in (encode(e) for e in scenario.events):
-        event = ingest.decode(value, Source(source_name))
+    for offset, (source_name, value) in enumerate(encode(e) for e in scenario.events):
+        event = ingest.decode(value, Source(source_name), wall)
         if isinstance(event, Rejection):
             continue
         ref = refs.setdefault(state_key(event.source, event.order_ref), RefState())
-        applied = ingest.apply(event, value, ref, wall)
+        applied = ingest.apply(event, value, ref, wall, origin=Origin(0, offset, None))
         if applied.outcome is not Outcome.ACCEPTED:
             continue
         for order_id, body in applied.forward:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from concord.broker import REPLAY_MAX_EVENT_AGE
 from concord.scenario import ScenarioConfig, encode, generate
 from schemas.events import OrderDetails
 from schemas.privacy import PhoneHasher
@@ -27,7 +28,15 @@ from schemas.status_map import load_status_map
 from streams.rules.consistency import ConsistencyTracker
 from streams.rules.dedupe import DedupeRules, FingerprintWindow
 from streams.rules.ghosts import GhostRules, GhostState
-from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
+from streams.rules.ingest import (
+    IngestRules,
+    InputLimits,
+    Origin,
+    Outcome,
+    RefState,
+    Rejection,
+    state_key,
+)
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.refresh_latency import LatencyWindow
 from streams.rules.watermark import Watermark, as_us, from_us
@@ -41,7 +50,7 @@ def main() -> None:
 
     scenario = generate(ScenarioConfig(seed=args.seed, orders=args.orders))
     raw = [encode(e) for e in scenario.events]
-    ingest = IngestRules(load_status_map(None))
+    ingest = IngestRules(load_status_map(None), limits=InputLimits(max_age=REPLAY_MAX_EVENT_AGE))
     join, ghosts, dedupe = OrderJoin(PhoneHasher(os.urandom(32))), GhostRules(), DedupeRules()
     latency, consistency = LatencyWindow(), ConsistencyTracker()
     watermark = Watermark()
@@ -54,15 +63,15 @@ def main() -> None:
     clock = time.perf_counter
     forwarded = placements = 0
 
-    for source_name, value in raw:
+    for offset, (source_name, value) in enumerate(raw):
         t = clock()
-        event = ingest.decode(value, Source(source_name))
+        event = ingest.decode(value, Source(source_name), wall)
         if isinstance(event, Rejection):
             spent["ingest"] += clock() - t
             continue
         key = state_key(event.source, event.order_ref)
         ref = refs.setdefault(key, RefState())
-        applied = ingest.apply(event, value, ref, wall)
+        applied = ingest.apply(event, value, ref, wall, origin=Origin(0, offset, None))
         spent["ingest"] += clock() - t
         if applied.outcome is not Outcome.ACCEPTED:
             continue

@@ -103,9 +103,13 @@ def create_app(settings: Settings) -> faust.App:
     ingest = IngestStage(
         app,
         app.Table("ingest-refs"),  # json keys and values
-        IngestRules(load_status_map(settings.status_map_file)),
+        IngestRules(
+            load_status_map(settings.status_map_file),
+            limits=settings.input_limits,
+            details_wait=settings.order_details_wait,
+        ),
         names,
-        SourceTime(settings.allowed_lateness, settings.source_idle_after),
+        SourceTime(settings.allowed_lateness, settings.source_idle_after, settings.max_event_ahead),
         GhostRules(routing=routing),
         join,
         end_marker_key=end_marker,

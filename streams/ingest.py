@@ -24,7 +24,14 @@ from sinks import metrics
 from streams.outputs import anomaly_records
 from streams.produce import Outgoing
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel, evaluate_unlinked
-from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
+from streams.rules.ingest import (
+    IngestRules,
+    Origin,
+    Outcome,
+    RefState,
+    Rejection,
+    state_key,
+)
 from streams.rules.order_state import OrderJoin
 from streams.rules.watermark import SourceTime, as_us, from_us, occurred_us
 from streams.stage import PartitionedStage
@@ -103,6 +110,8 @@ class IngestStage(PartitionedStage):
         self.ghost_rules = ghost_rules
         self.join = join
         self.unlinked = TimerWheel()
+        # ERP references whose events wait for the order's details: missing_order once too long.
+        self.awaiting_details = TimerWheel()
         self.on_anomaly: Callable[[Anomaly], None] = lambda anomaly: None
         self._built_for: int | None = None
 
@@ -126,9 +135,10 @@ class IngestStage(PartitionedStage):
                 continue
             source = self.source_of[msg.topic]
             raw: bytes | None = msg.value
-            decoded = self.rules.decode(raw, source)
+            origin = Origin(msg.partition, msg.offset, msg.key)
+            decoded = self.rules.decode(raw, source, received_at)
             if isinstance(decoded, Rejection):
-                out.append(self._dead(msg, raw, decoded, received_at))
+                out.append(self._dead(msg.topic, origin, raw, decoded, received_at))
                 counts[(source, Outcome.REJECTED)] += 1
                 continue
             assert raw is not None
@@ -137,18 +147,23 @@ class IngestStage(PartitionedStage):
             key = state_key(source, decoded.order_ref)
             entry = touched.get(key)
             state = entry[1] if entry else RefState.from_json(store.get(key))
-            applied = self.rules.apply(decoded, raw, state, received_at, event_us)
+            applied = self.rules.apply(decoded, raw, state, received_at, event_us, origin=origin)
             counts[(source, applied.outcome)] += 1
             if applied.rejection is not None:
-                out.append(self._dead(msg, raw, applied.rejection, received_at))
+                out.append(self._dead(msg.topic, origin, raw, applied.rejection, received_at))
                 continue
             if applied.outcome is Outcome.DUPLICATE:
                 continue
             touched[key] = (msg.partition, state)
-            if applied.outcome is Outcome.HELD and len(state.held) == 1:
-                self.unlinked.schedule_us(key, event_us)
-            elif applied.outcome is Outcome.ACCEPTED and state.ghosts:
+            if applied.outcome is Outcome.HELD:
+                if state.waiting:
+                    self.awaiting_details.schedule_us(key, self.rules.details_deadline_us(state))
+                elif len(state.held) == 1:
+                    self.unlinked.schedule_us(key, event_us)
+            elif state.ghosts:
                 self._linked(key, state, decoded.occurred_at, received_at, out)
+            elif key in self.awaiting_details:  # the details came: the waiting went with them
+                self.awaiting_details.cancel(key)
             # Encoded at once: the dicts are garbage now, not alive through the batch.
             forward += [(order_id, orjson.dumps(body)) for order_id, body in applied.forward]
             seen = latest_us.get(source)
@@ -197,6 +212,7 @@ class IngestStage(PartitionedStage):
         if watermark is None or watermark == self._sent_watermark:
             return
         await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
+        self._details_overdue(watermark, out, touched)
         self._sent_watermark = watermark
         body = orjson.dumps({"watermark_us": watermark, "origin": self.origin})
         out += await self._to_every_partition(self.topics.normalized, body)
@@ -266,6 +282,25 @@ class IngestStage(PartitionedStage):
                     if isinstance(emit, Anomaly):
                         out += self._anomalies(emit)
 
+    def _details_overdue(
+        self, watermark_us: int, out: list[Outgoing], touched: dict[str, tuple[int, RefState]]
+    ) -> None:
+        # ERP events that waited `order_details_wait` of event time for their order's details
+        # in vain: dead-lettered missing_order with their original bytes, as they came.
+        store = self.table.data
+        topic, rejection = self.topics.sources[Source.ERP], self.rules.missing_details
+        while due := self.awaiting_details.due(from_us(watermark_us)):
+            for key, _ in due:
+                entry = touched.get(key)
+                state = entry[1] if entry else RefState.from_json(store.get(key))
+                expired = self.rules.expire_waiting(state, watermark_us)
+                self.awaiting_details.schedule_us(key, self.rules.details_deadline_us(state))
+                for waited in expired:
+                    received_at = datetime.fromisoformat(waited.event["received_at"])
+                    out.append(self._dead(topic, waited.origin, waited.raw, rejection, received_at))
+                if expired and entry is None:
+                    touched[key] = (expired[0].origin.partition, state)
+
     def _linked(
         self,
         key: str,
@@ -311,10 +346,13 @@ class IngestStage(PartitionedStage):
             if isinstance(latest, int):
                 self.source_time.observe_us(tp, latest, wall_us)  # idle in time, as if read now
         self.unlinked = TimerWheel()
+        self.awaiting_details = TimerWheel()
         for key, raw in store.items():
             if key.startswith(SOURCE_TIME_PREFIX):
                 continue
             state = RefState.from_json(raw) if isinstance(raw, dict) else None
+            if state is not None and state.waiting:
+                self.awaiting_details.schedule_us(key, self.rules.details_deadline_us(state))
             if state is None or state.link is not None or not state.held:
                 continue
             ref = key.split("|", 1)[1]
@@ -326,15 +364,18 @@ class IngestStage(PartitionedStage):
                 self.on_anomaly(entry.anomaly(ref, datetime.now(UTC)))
 
     def _dead(
-        self, msg: Any, raw: bytes | None, rejection: Rejection, received_at: datetime
+        self,
+        topic: str,
+        origin: Origin,
+        raw: bytes | None,
+        rejection: Rejection,
+        received_at: datetime,
     ) -> Outgoing:
         metrics.DEADLETTERS.labels(rejection.reason.value).inc()
-        value = dead_letter(
-            msg.topic, msg.partition, msg.offset, msg.key, raw, rejection, received_at
-        )
+        value = dead_letter(topic, *origin, raw, rejection, received_at)
         return Outgoing(
             self.topics.deadletter,
-            msg.key,
+            origin.key,
             value,
             [("concord-reason", rejection.reason.value.encode())],
         )

@@ -104,8 +104,8 @@ def build_feed(prefix: str, orders: int) -> Feed:
         if i % 40 == 6:
             odd = _event("wms", wm, f"w{i}-odd", "TELEPORTED", m + 8, erp_order_id=so)
             bad("wms", wm.encode(), orjson.dumps(odd), "unknown_status")
-        if i % 40 == 7:
-            bare = _event("erp", f"SO-LEGACY-{i}", f"e{i}-legacy", "SHIPPED", m + 9)
+        if i % 40 == 7:  # waits for details that never come, 30 min of event time, in vain
+            bare = _event("erp", f"SO-LEGACY-{i}", f"e{i}-legacy", "SHIPPED", m - 40)
             bad("erp", bare["order_ref"].encode(), orjson.dumps(bare), "missing_order")
         if i % 40 == 8:
             bad("erp", None, "订单".encode("gbk"), "invalid_json")

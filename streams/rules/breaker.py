@@ -112,7 +112,7 @@ throttle it lifts), so a replay or a restart never mints a second id.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Annotated, Any, NamedTuple
 
@@ -300,14 +300,11 @@ class Breaker:
         emits: list[Emit] = []
         self._evaluations = []
         while instant <= latest:
-            if (
-                instant < latest
-                and self._quiet()
-                and counts.window_totals(latest, latest - instant + window) == (0, 0, 0)
-            ):
-                # Nothing open and nothing counted up to the watermark: the evaluations in
-                # between would all be clear and change nothing, so a long jump costs one.
-                instant = latest
+            if instant < latest and self._quiet():
+                # Nothing open: every evaluation before the first whose window sees a count
+                # would be clear and change nothing. Jump to it (or to the watermark), so the
+                # cost is per counted minute, never per slot of an empty span of event time.
+                instant = min(latest, max(instant, _first_seeing(counts, instant, window, step)))
             totals = counts.window_totals(instant, window)
             emits += self._evaluate(instant, totals, detected_at)
             self._last = instant
@@ -548,6 +545,18 @@ def _command_id(kind: CommandKind, at: datetime) -> str:
 
 def _parse(raw: str | None) -> datetime | None:
     return None if raw is None else utc(datetime.fromisoformat(raw))
+
+
+def _first_seeing(
+    counts: IntakeCounts, instant: datetime, window: timedelta, step: timedelta
+) -> datetime:
+    # The first aligned instant from which a window [at - window, at) sees the earliest count
+    # the window of `instant` may see; far future when there is none.
+    start = (utc(instant) - EPOCH) // MINUTE - window // MINUTE
+    counted = min((m for m in counts.buckets if m >= start), default=None)
+    if counted is None:
+        return datetime.max.replace(tzinfo=UTC)
+    return _floor(EPOCH + MINUTE * counted, step) + step
 
 
 def _floor(at: datetime, step: timedelta) -> datetime:

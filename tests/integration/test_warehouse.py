@@ -28,7 +28,7 @@ from sinks.clickhouse import ClickHouseSink, UnsavedRowsError, connect
 from sinks.rows import TABLE_COLUMNS
 from streams import warehouse as warehouse_module
 from streams.ingest import dead_letter
-from streams.rules.ingest import IngestRules, RefState, Rejection
+from streams.rules.ingest import IngestRules, Origin, RefState, Rejection
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.refresh_latency import Observation
 from streams.rules.watermark import as_us
@@ -42,7 +42,7 @@ CLEAR_PHONES = ("13800138000", "138-0013-8000", "138 0013 8000")
 STREET = "建国路88号院3号楼"
 # Recent enough for the tables' TTL; whole minutes keep the arithmetic exact.
 T = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
-RECEIVED = T + timedelta(hours=1)
+RECEIVED = T + timedelta(hours=2)  # after the last event: ingest refuses times ahead of it
 
 
 @pytest.fixture
@@ -109,11 +109,11 @@ def normalized_records() -> list[bytes]:
     rules = IngestRules(load_status_map(None))
     states: dict[str, RefState] = {}
     out: list[bytes] = []
-    for raw in RAW_EVENTS:
-        event = rules.decode(raw, Source(orjson.loads(raw)["source"]))
+    for offset, raw in enumerate(RAW_EVENTS):
+        event = rules.decode(raw, Source(orjson.loads(raw)["source"]), RECEIVED)
         assert not isinstance(event, Rejection)
         state = states.setdefault(event.source.value, RefState())
-        applied = rules.apply(event, raw, state, RECEIVED)
+        applied = rules.apply(event, raw, state, RECEIVED, origin=Origin(0, offset, None))
         out += [orjson.dumps(body) for _, body in applied.forward]
     return out
 
@@ -122,14 +122,15 @@ def dead_letter_records() -> list[bytes]:
     """Two rejected inputs carrying a phone, as ingest puts them on concord.deadletter."""
     rules = IngestRules(load_status_map(None))
     unknown = _raw("crm", "c-bad", "WHATEVER", 5, attrs={"phone": "13800138000"})
-    event = rules.decode(unknown, Source.CRM)
+    event = rules.decode(unknown, Source.CRM, RECEIVED)
     assert not isinstance(event, Rejection)
-    rejected = rules.apply(event, unknown, RefState(), RECEIVED).rejection
+    applied = rules.apply(event, unknown, RefState(), RECEIVED, origin=Origin(3, 42, None))
+    rejected = applied.rejection
     truncated = (
         b'{"event_id": "x", "customer_phone": "138 0013 8000", "ship_to": "'
         + ("北京市朝阳区" + STREET).encode()
     )
-    broken = rules.decode(truncated, Source.ERP)
+    broken = rules.decode(truncated, Source.ERP, RECEIVED)
     assert rejected is not None
     assert isinstance(broken, Rejection)
     return [

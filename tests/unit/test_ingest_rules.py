@@ -11,7 +11,7 @@ from schemas.events import ChangeEvent
 from schemas.stages import Source
 from schemas.status_map import default_status_map
 from streams.ingest import envelope
-from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection
+from streams.rules.ingest import IngestRules, Origin, Outcome, RefState, Rejection
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.watermark import as_us, occurred_us
 from tests.phones import PHONES
@@ -19,14 +19,14 @@ from tests.phones import PHONES
 RULES = IngestRules(default_status_map())
 CST = timezone(timedelta(hours=8))
 AT = datetime(2026, 3, 2, 9, 30, 15, 250_000, tzinfo=CST)
-RECEIVED = datetime(2026, 3, 2, 1, 31, tzinfo=UTC)
+RECEIVED = datetime(2026, 3, 2, 13, tzinfo=UTC)  # after every event time below
 
 
 def _forwarded(event: dict) -> dict:
     raw = orjson.dumps(event)
-    decoded = RULES.decode(raw, Source(event["source"]))
+    decoded = RULES.decode(raw, Source(event["source"]), RECEIVED)
     assert not isinstance(decoded, Rejection), decoded
-    applied = RULES.apply(decoded, raw, RefState(), RECEIVED)
+    applied = RULES.apply(decoded, raw, RefState(), RECEIVED, origin=Origin(0, 0, None))
     assert applied.outcome is Outcome.ACCEPTED
     [(_, body)] = applied.forward
     return body

@@ -24,6 +24,7 @@ import pytest
 from concord.scenario import (
     BAD_INPUT_KINDS,
     GHOST_TYPES,
+    SHANGHAI,
     Labels,
     Scenario,
     ScenarioConfig,
@@ -36,11 +37,14 @@ from concord.scenario import (
 from schemas.events import ChangeEvent
 from schemas.stages import PHASE_OF, Phase, Source, Stage
 from schemas.status_map import default_status_map
-from streams.rules.ingest import IngestRules, Outcome, RefState, Rejection, state_key
+from streams.rules.ingest import IngestRules, Origin, Outcome, RefState, Rejection, state_key
+from streams.rules.watermark import as_us
 
 MIN = 60.0
 HOUR = 3600.0
 STATUS_MAP = default_status_map()
+# When ingest reads the scenarios (a day from 2026-03-02 00:00 +08:00): after their end.
+RECEIVED = datetime(2026, 3, 3, 1, tzinfo=SHANGHAI)
 
 Reports = dict[str, list[tuple[float, float, "Phase | None"]]]
 
@@ -298,17 +302,20 @@ def _ingest(scenario: Scenario) -> tuple[collections.Counter[str], dict[str, Ref
     rules = IngestRules(STATUS_MAP)
     states: dict[str, RefState] = {}
     outcomes: collections.Counter[str] = collections.Counter()
-    received = datetime(2026, 3, 2).astimezone()
-    for entry in scenario.events:
+    for offset, entry in enumerate(scenario.events):
         source, raw = encode(entry)
-        event = rules.decode(raw, Source(source))
+        event = rules.decode(raw, Source(source), RECEIVED)
         if isinstance(event, Rejection):
             outcomes[event.reason.value] += 1
             continue
         state = states.setdefault(state_key(event.source, event.order_ref), RefState())
-        applied = rules.apply(event, raw, state, received)
+        applied = rules.apply(event, raw, state, RECEIVED, origin=Origin(0, offset, None))
         key = applied.rejection.reason.value if applied.rejection else applied.outcome.value
         outcomes[key] += 1
+    # ERP events still waiting for their order's details once event time has moved on.
+    for state in states.values():
+        if expired := rules.expire_waiting(state, as_us(RECEIVED + timedelta(days=1))):
+            outcomes["missing_order"] += len(expired)
     return outcomes, states
 
 
@@ -671,14 +678,13 @@ def test_bench_events_are_many_valid_and_realistic() -> None:
 
     rules = IngestRules(STATUS_MAP)
     states: dict[str, RefState] = {}
-    received = datetime(2026, 3, 2).astimezone()
     relying = 0
-    for source, key, value in sample:
-        event = rules.decode(value, Source(source))
+    for offset, (source, key, value) in enumerate(sample):
+        event = rules.decode(value, Source(source), RECEIVED)
         assert not isinstance(event, Rejection), value
         assert key == event.order_ref.encode()
         state = states.setdefault(state_key(event.source, event.order_ref), RefState())
-        applied = rules.apply(event, value, state, received)
+        applied = rules.apply(event, value, state, RECEIVED, origin=Origin(0, offset, key))
         assert applied.outcome is Outcome.ACCEPTED, value
         relying += source != "erp" and event.erp_order_id is None
     assert relying > 1000
