@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from faust.types import Message, TableT
 
-from schemas.anomalies import Anomaly, AnomalyType, Severity
+from schemas.anomalies import Anomaly
 from schemas.events import OrderDetails
 from schemas.routing import RoutingTable
 from schemas.settings import Settings
@@ -23,7 +23,7 @@ from sinks import metrics
 from streams.outputs import anomaly_records
 from streams.produce import Outgoing
 from streams.rules.dedupe import DedupeRules, FingerprintWindow, duplicate_anomaly
-from streams.rules.routing import RoutingFacts, route
+from streams.rules.routing import route
 from streams.rules.watermark import UpstreamMarks, Watermark, as_us, from_us, parse_us, span_us
 from streams.stage import PartitionedStage, raw_key
 from streams.topics import TopicNames
@@ -126,10 +126,7 @@ class DedupeStage(PartitionedStage):
             )
             touched[key] = (msg.partition, state)
             for pair in pairs:
-                owner = route(
-                    RoutingFacts.of(AnomalyType.DUPLICATE_ORDER, Severity.WARNING, ["erp"], order),
-                    self.routing,
-                )
+                owner = route(pair.routing_facts(), self.routing)
                 anomaly = duplicate_anomaly(pair, wall, owner)
                 out += anomaly_records(self.topics, anomaly, indexed=True)
                 metrics.DUPLICATES.labels(pair.second.channel).inc()

@@ -199,6 +199,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when it starts
         return consumer
 
+    async def _seek_wait(self, consumer: Any, partitions: Mapping[TP, int]) -> None:
+        # Recovery's seek to the committed offsets (Faust sets `_read_offset` to them).
+        for tp in partitions:
+            self.consumer.handed_over.pop(tp, None)
+        await super()._seek_wait(consumer, partitions)
+
 
 class ConcordConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer: contiguous commits, bulk delivery, a commit hook."""
@@ -206,6 +212,19 @@ class ConcordConsumer(faust_aiokafka.Consumer):
     inboxes: Mapping[str, RecordInbox] = {}
     before_commit: tuple[BeforeCommit, ...] = ()
     fetch_max_wait_ms: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The last offset handed to a stage since the partition's latest seek. Not Faust's
+        # `_read_offset`: a seek sets that to the offset to read next, so a partition seeked
+        # to its committed end, with nothing more to read, looked handed over and unprocessed
+        # for good (ingest then held event time back forever after a restart).
+        self.handed_over: dict[TP, int] = {}
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """Faust's seek; what was handed over before it is read again."""
+        self.handed_over.pop(ensure_TP(partition), None)
+        await super().seek(partition, offset)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         # Faust's body, with the thread below.
@@ -380,6 +399,7 @@ class ConcordConsumer(faust_aiokafka.Consumer):
             if not self.flow_active:
                 return False
         inbox.put_nowait(messages)
+        self.handed_over[tp] = read_offset
         if inbox.full and not self.app.in_recovery:
             paused = ensure_TP(tp)  # Faust's own TP in its partition sets
             self.on_buffer_full(paused)  # no more fetches for it until the stage takes records

@@ -64,6 +64,19 @@ def dead_letter(
 ENVELOPE_EVENTS = 500  # ~250 KB at most per record, well under Kafka's 1 MB default
 
 
+SOURCE_TIME_PREFIX = "\x00time|"
+
+
+def source_time_key(topic: str, partition: int) -> str:
+    """The ingest table's key of a source partition's newest event time."""
+    return f"{SOURCE_TIME_PREFIX}{topic}|{partition}"
+
+
+def _table_value(value: Any) -> Any:
+    # What the ingest table holds: a reference's state, or a partition's newest event time.
+    return value.to_json() if isinstance(value, RefState) else value
+
+
 def envelope(events: Sequence[bytes]) -> bytes:
     """`{"events": [...]}` of events already encoded: the bytes orjson.dumps would give."""
     return b'{"events":[' + b",".join(events) + b"]}"
@@ -112,8 +125,6 @@ class IngestStage(PartitionedStage):
         latest_us: dict[Source, int] = {}
 
         store = self.table.data  # the store itself: Table.get adds per-call bookkeeping
-        if self.reassigned():
-            self.source_time.reset()
         self._ensure_timers()
         await self._baselines({m.tp for m in messages})
         wall_us = as_us(received_at)
@@ -162,7 +173,8 @@ class IngestStage(PartitionedStage):
         out += await self._envelopes(forward)
         await self._mark_watermark(out, wall_us, touched)
         await self._produce(out)
-        await self._persist(touched, RefState.to_json)
+        times = self._source_time_records({m.tp for m in messages})
+        await self._persist({**touched, **times}, _table_value)
 
         for (source, outcome), n in counts.items():
             metrics.EVENTS.labels(source.value, outcome.value).inc(n)
@@ -308,15 +320,36 @@ class IngestStage(PartitionedStage):
         self.on_anomaly(anomaly)
         return anomaly_records(self.topics, anomaly, indexed=False)
 
+    def _source_time_records(self, partitions: set[Any]) -> dict[str, tuple[int, Any]]:
+        # Each source partition's newest event time, written with the references its batch
+        # touched: after a restart, event time resumes from where the records read had taken
+        # it, also on partitions that receive nothing new (`_ensure_timers`).
+        records: dict[str, tuple[int, Any]] = {}
+        for tp in partitions:
+            latest = self.source_time.latest_us(tp)
+            if latest is not None:
+                records[source_time_key(tp.topic, tp.partition)] = (tp.partition, latest)
+        return records
+
     def _ensure_timers(self) -> None:
-        # After an assignment: a timer for every reference of this worker still unlinked.
+        # After an assignment: event time where the assigned source partitions had taken it,
+        # and a timer for every reference of this worker still unlinked.
         generation = self.app.consumer_generation_id
         if generation == self._built_for:
             return
         self._built_for = generation
+        self.source_time.reset()
+        wall_us = as_us(datetime.now(UTC))
+        store = self.table.data
+        for tp in self.assigned():
+            latest = store.get(source_time_key(tp.topic, tp.partition))
+            if isinstance(latest, int):
+                self.source_time.observe_us(tp, latest, wall_us)  # idle in time, as if read now
         self.unlinked = TimerWheel()
         self.awaiting_details = TimerWheel()
-        for key, raw in self.table.data.items():
+        for key, raw in store.items():
+            if key.startswith(SOURCE_TIME_PREFIX):
+                continue
             state = RefState.from_json(raw) if isinstance(raw, dict) else None
             if state is not None and state.waiting:
                 self.awaiting_details.schedule_us(key, self.rules.details_deadline_us(state))
@@ -325,7 +358,8 @@ class IngestStage(PartitionedStage):
             ref = key.split("|", 1)[1]
             ghosts = GhostState.from_json(state.ghosts, ref)
             first = min(occurred_us(e) for e in state.held)
-            self.unlinked.schedule_us(key, ghosts.next_us or first)
+            # Judged before: when it asked to be; never: at its first event.
+            self.unlinked.schedule_us(key, ghosts.next_us if state.ghosts else first)
             for entry in ghosts.book.open_entries():  # counted again after a restart
                 self.on_anomaly(entry.anomaly(ref, datetime.now(UTC)))
 

@@ -67,6 +67,16 @@ DECODED_ORDERS_KEPT = 20_000
 UNWRITTEN_ORDERS_MAX = 20_000
 
 
+def watermark_key(partition: int) -> bytes:
+    """The state table's key of the per-order stage's watermark on one partition."""
+    return b"\x00watermark/%d" % partition
+
+
+def _table_value(value: Any) -> Any:
+    # What the state table holds: an order's state (None deletes it) or a watermark record.
+    return value.to_json() if isinstance(value, OrderEntry) else value
+
+
 def stored(value: bytes | None) -> dict[str, Any] | None:
     """A table value as the stage reads it: the changelog's JSON bytes, decoded."""
     decoded = None if value is None else orjson.loads(value)
@@ -165,6 +175,7 @@ class OrderStage(PartitionedStage):
         self._late: Counter[Source] = Counter()
         self._last_offset: dict[int, int] = {}
         self._out: list[Outgoing] = []
+        self._watermark_written: int | None = None
 
     def _new_watermark(self) -> Watermark:
         return Watermark(self.settings.allowed_lateness, self.settings.watermark_idle_after)
@@ -263,11 +274,16 @@ class OrderStage(PartitionedStage):
         phone = entry.state.facts.phone_hash if entry.state.facts else None
         if phone != had_phone:
             self._index_phone(entry.state.order_id, had_phone, phone)
-        if watermark is None:
-            # No event time yet: look at the order once there is.
-            self.wheel.schedule_us(entry.state.order_id, event_us)
+        if watermark_us is None or event_us > watermark_us:
+            # The rules judge the order at event times the watermark has passed, on what was
+            # true then (OrderState.as_of): this event counts once event time reaches it, so
+            # the same events give the same anomalies however far ahead they were read.
+            ghosts = entry.ghosts
+            if ghosts.next_us is None or event_us < ghosts.next_us:
+                ghosts.next_us = event_us
+            self.wheel.schedule_by_us(entry.state.order_id, event_us)
         else:
-            self._evaluate(entry, watermark, wall)
+            self._evaluate(entry, watermark, wall)  # a late event: judged where time is
 
     def _ship_intake(self) -> None:
         # Every partition this worker owns reports its counts and the worker's watermark, even
@@ -422,19 +438,20 @@ class OrderStage(PartitionedStage):
         # Each changed order (or those of `only`) once, on its own changelog partition; under
         # the lock. Writing a state ahead of its events' offsets is safe: the join is a max
         # or min over events, so their redelivery changes nothing.
+        marks: dict[bytes, tuple[int, Any]] = {}
         if only is None:
             touched, self._touched = self._touched, {}
             self._unwritten_new.clear()
+            marks = self._watermark_records()
         else:
             touched = only
             for key in only:
                 self._touched.pop(key, None)
                 self._unwritten_new.discard(key)
-        if not touched:
+        if not touched and not marks:
             return
-        written = await self._persist(
-            {key: (e.partition, e) for key, e in touched.items()}, OrderEntry.to_json
-        )
+        records: dict[bytes, tuple[int, Any]] = {k: (e.partition, e) for k, e in touched.items()}
+        written = await self._persist({**records, **marks}, _table_value)
         decoded = self._decoded
         for key, e in touched.items():
             if e.evict:
@@ -446,6 +463,19 @@ class OrderStage(PartitionedStage):
         kept = sum(not e.evict for e in touched.values())
         if kept:
             metrics.ORDER_STATE_BYTES.set(written / kept)
+
+    def _watermark_records(self) -> dict[bytes, tuple[int, Any]]:
+        # The watermark, on each of this worker's partitions, written with every order those
+        # partitions changed: after a restart, event time resumes where the states it judged
+        # were written (not at their latest event, which may be far ahead of it).
+        watermark = self.watermark.value_us
+        if watermark is None or watermark == self._watermark_written:
+            return {}
+        self._watermark_written = watermark
+        return {
+            watermark_key(tp.partition): (tp.partition, {"watermark_us": watermark})
+            for tp in self.assigned()
+        }
 
     async def _mark_placements(self) -> None:
         # After this batch's placements, on every placements partition: the dedupe stage's
@@ -537,7 +567,9 @@ class OrderStage(PartitionedStage):
         self._partitions = await self._partition_count()
         # Only this worker's partitions: not standby copies of another worker's.
         states = [(state, ghosts) for _, state, ghosts in self._held(mine)]
-        self.rebuild(states, datetime.now(UTC))
+        written = [stored(self.table.data.get(watermark_key(p))) for p in sorted(mine)]
+        resumed = [w["watermark_us"] for w in written if w is not None]
+        self.rebuild(states, datetime.now(UTC), min(resumed, default=None))
         log.info("per-order state: %d orders on partitions %s", len(states), sorted(mine))
 
     def _held(
@@ -553,14 +585,20 @@ class OrderStage(PartitionedStage):
             state = OrderState.from_json(raw["s"])
             yield key, state, GhostState.from_json(raw.get("g"), state.order_id)
 
-    def rebuild(self, orders: Iterable[tuple[OrderState, GhostState]], wall: datetime) -> None:
-        """Start the derived aggregates over from the order states this worker owns."""
+    def rebuild(
+        self,
+        orders: Iterable[tuple[OrderState, GhostState]],
+        wall: datetime,
+        watermark_us: int | None = None,
+    ) -> None:
+        """Start the derived aggregates over from the order states this worker owns, with
+        event time where it stood when they were written (`watermark_us`), if known."""
         orders = list(orders)
         self.watermark = self._new_watermark()
+        self._watermark_written = watermark_us
         self._marks.reset()
-        last = max((s.last_event_us or 0 for s, _ in orders), default=0)
-        if last:
-            self.watermark.observe_us(last, as_us(wall))
+        if watermark_us is not None:
+            self.watermark.advance_to_us(watermark_us, as_us(wall))
         watermark = self.watermark.value
         self.latency = LatencyWindow()
         self.consistency.rebuild((s for s, _ in orders), watermark)
@@ -683,8 +721,10 @@ class OrderStage(PartitionedStage):
         metrics.ORDERS_TRACKED.set(self._orders_tracked())
 
     def _orders_tracked(self) -> int:
-        # The table, and the new orders not written to it yet.
-        return len(self.table.data) + len(self._unwritten_new)
+        # The table (less its watermark records), and the new orders not written to it yet.
+        data = self.table.data
+        marks = sum(watermark_key(p) in data for p in self._partitions)
+        return len(data) - marks + len(self._unwritten_new)
 
 
 def order_view(state: OrderState, ghosts: GhostState, watermark: datetime | None) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class PartitionedStage:
 
     def _buffered(self, tp: Any) -> bool:
         """Whether records of `tp` were handed to the stream and not processed yet."""
-        delivered = self.app.consumer._read_offset.get(tp)  # the last offset handed over
+        delivered = self.app.consumer.handed_over.get(tp)  # the last offset handed over
         expected = self.continuity.expected(tp)
         return delivered is not None and expected is not None and delivered >= expected
 

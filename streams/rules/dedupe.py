@@ -31,7 +31,9 @@ from schemas.anomalies import (
     deterministic_id,
 )
 from schemas.events import ChangeEvent, OrderDetails
+from schemas.routing import Priority
 from schemas.stages import Source
+from streams.rules.routing import RoutingFacts
 
 _WHITESPACE = re.compile(r"\s+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -51,10 +53,12 @@ class PlacedOrder:
     event_id: str
     status: str
     occurred_at: datetime
+    vip: bool = False  # with the channel, what the pair's route is decided on
+    priority: Priority = "normal"
 
-    def to_json(self) -> list[str]:
+    def to_json(self) -> list[Any]:
         """A positional list: the window holds many of these, so keys would dominate its size."""
-        return [
+        out: list[Any] = [
             self.order_id,
             self.placed_at.isoformat(),
             self.channel,
@@ -63,11 +67,16 @@ class PlacedOrder:
             self.status,
             self.occurred_at.isoformat(),
         ]
+        if self.vip or self.priority != "normal":
+            out += [self.vip, self.priority]
+        return out
 
     @classmethod
-    def from_json(cls, raw: list[str]) -> PlacedOrder:
+    def from_json(cls, raw: list[Any]) -> PlacedOrder:
         """The inverse of to_json."""
-        order_id, placed_at, channel, source, event_id, status, occurred_at = raw
+        order_id, placed_at, channel, source, event_id, status, occurred_at = raw[:7]
+        vip, kept = raw[7:9] if len(raw) >= 9 else (False, "normal")
+        priority: Priority = "rush" if kept == "rush" else "normal"
         return cls(
             order_id=order_id,
             placed_at=datetime.fromisoformat(placed_at),
@@ -76,6 +85,8 @@ class PlacedOrder:
             event_id=event_id,
             status=status,
             occurred_at=datetime.fromisoformat(occurred_at),
+            vip=bool(vip),
+            priority=priority,
         )
 
 
@@ -102,6 +113,19 @@ class DuplicatePair:
     def gap(self) -> timedelta:
         """How long after the first order the second was placed."""
         return self.second.placed_at - self.first.placed_at
+
+    def routing_facts(self) -> RoutingFacts:
+        """What the pair is routed on: the later-placed order's channel, VIP flag, priority
+        (the anomaly is raised on it), whichever of the two arrived first."""
+        later = self.second
+        return RoutingFacts(
+            type=AnomalyType.DUPLICATE_ORDER,
+            severity=Severity.WARNING,
+            systems=frozenset({Source.ERP.value}),
+            vip=later.vip,
+            priority=later.priority,
+            channel=later.channel,
+        )
 
 
 @dataclass(slots=True)
@@ -233,6 +257,8 @@ class DedupeRules:
             event_id=event_id,
             status=status,
             occurred_at=occurred_at,
+            vip=order.vip,
+            priority=order.priority,
         )
         partners = [
             other

@@ -47,16 +47,26 @@ already open stay open. `GhostOutcome.held` names the sources that held somethin
 wiring parks the order under them (`TimerWheel.hold`) and re-evaluates it when the source
 catches up (`TimerWheel.release`): the flags then fire if still true.
 
-Wiring, per event for order X (watermark `wm` after observing it; `silent` from freshness):
+**As of `now`.** Every rule judges the order as its events with `occurred_at <= now` show
+it (`OrderState.as_of`), never its latest state: when one source's backlog holds the watermark
+back while the others are read far ahead, a deadline at T still sees the order as it stood at
+T. The next evaluation asked for is the earlier of the rules' next deadline and the order's
+next event already applied but later than `now`. An order is never judged at an earlier time
+than it was last judged (`GhostState.judged_us`): a late event or a timer rebuilt after a
+restart is judged at that time instead.
+
+Wiring, per event for order X (watermark `wm`; `silent` from freshness):
 
     for due in wheel.due(wm) until empty:      # before applying the event
         evaluate(due.order_id, now=due.at)     # each at its own deadline
-    join.apply(state_X, event); out = rules.evaluate(state_X, ghosts_X, wm, wall, silent)
-    wheel.schedule(X, out.next_deadline); for s in out.held: wheel.hold(X, s)
+    join.apply(state_X, event)
+    if event time > wm: wheel.schedule_by(X, event time)   # judged once time reaches it
+    else: out = rules.evaluate(state_X, ghosts_X, wm, wall, silent)   # a late event
+        wheel.schedule(X, out.next_deadline); for s in out.held: wheel.hold(X, s)
 
-and on every idle watermark advance, the same `due` loop. Evaluating a due order at its own
-deadline, on the state before the event that moved the watermark, makes the anomalies the
-same whatever the batching (the property the tests check against a scan).
+and on every idle watermark advance, the same `due` loop. So an order is judged exactly at
+its events' times and its deadlines, in event-time order, whatever the batching, the read
+order within the allowed lateness, or how far the watermark jumped.
 """
 
 from __future__ import annotations
@@ -152,6 +162,7 @@ class GhostState:
     book: AnomalyBook
     conflict_since_us: int | None = None  # start of the current uninterrupted disagreement
     next_us: int | None = None  # the deadline last asked for (rebuilds the timer wheel)
+    judged_us: int | None = None  # the event time of the last evaluation (kept with a book)
 
     @classmethod
     def new(cls, order_id: str) -> GhostState:
@@ -175,6 +186,8 @@ class GhostState:
             out["c"] = self.conflict_since_us
         if self.next_us is not None:
             out["n"] = self.next_us
+        if self.judged_us is not None and self.book.entries:
+            out["j"] = self.judged_us
         return out
 
     @classmethod
@@ -185,7 +198,7 @@ class GhostState:
         book = AnomalyBook.from_json(raw.get("b"))
         if book.order_id is None:
             book.order_id = order_id
-        return cls(book, raw.get("c"), raw.get("n"))
+        return cls(book, raw.get("c"), raw.get("n"), raw.get("j"))
 
 
 @dataclass(slots=True)
@@ -223,8 +236,14 @@ class GhostRules:
         silent: Collection[Source] = frozenset(),
     ) -> GhostOutcome:
         """Open, escalate and resolve the order's ghost anomalies as of event time `now`."""
+        # Never back in time: an order judged at T is not judged again at an earlier time (a
+        # late event, a timer rebuilt after a restart), which would undo what T found.
         now_us = as_us(now)
-        findings, next_us, since = _scan(self._th, state, ghosts.conflict_since_us, now_us)
+        if ghosts.judged_us is not None and now_us < ghosts.judged_us:
+            now_us = ghosts.judged_us
+            now = from_us(now_us)
+        ghosts.judged_us = now_us
+        state, findings, next_us, since = _judge(self._th, state, ghosts.conflict_since_us, now_us)
         ghosts.conflict_since_us = since
         ghosts.next_us = next_us
         book = ghosts.book
@@ -266,7 +285,7 @@ class GhostRules:
         self, state: OrderState, ghosts: GhostState, now: datetime
     ) -> datetime | None:
         """The earliest event time after `now` at which a rule on this order could change."""
-        _, next_us, _ = _scan(self._th, state, ghosts.conflict_since_us, as_us(now))
+        _, _, next_us, _ = _judge(self._th, state, ghosts.conflict_since_us, as_us(now))
         return None if next_us is None else from_us(next_us)
 
     def _entry(
@@ -294,7 +313,8 @@ def next_deadline(
     state: OrderState, ghosts: GhostState, settings: GhostSettings, now: datetime
 ) -> datetime | None:
     """The earliest event time after `now` at which some ghost rule on this order could change."""
-    _, next_us, _ = _scan(_Thresholds.of(settings), state, ghosts.conflict_since_us, as_us(now))
+    th = _Thresholds.of(settings)
+    _, _, next_us, _ = _judge(th, state, ghosts.conflict_since_us, as_us(now))
     return None if next_us is None else from_us(next_us)
 
 
@@ -431,6 +451,12 @@ class TimerWheel:
             self._shed()
         elif len(self._heap) > 2 * len(self._at) + 64:
             self._compact()
+
+    def schedule_by_us(self, order_id: str, at_us: int) -> None:
+        """Make the order due no later than `at_us` (an earlier deadline stays)."""
+        current = self._at.get(order_id)
+        if current is None or at_us < current:
+            self.schedule_us(order_id, at_us)
 
     def cancel(self, order_id: str) -> None:
         """Forget the order's deadline and holds (it left the state table)."""
@@ -623,6 +649,20 @@ def _scope_entry(erp: SystemView, source: Source, phase: Phase) -> int | None:
 
 def _soonest(current: int | None, candidate: int) -> int:
     return candidate if current is None or candidate < current else current
+
+
+def _judge(
+    th: _Thresholds, latest: OrderState, since_us: int | None, now: int
+) -> tuple[OrderState, list[_Finding], int | None, int | None]:
+    """(the order as of `now`, the rules that hold then, the next instant > now something can
+    change, the new conflict since): events applied already but later than `now` count from
+    their own time on, so the next look is due by the first of them."""
+    state = latest.as_of(now)
+    findings, next_us, since = _scan(th, state, since_us, now)
+    coming = latest.next_event_after(now)
+    if coming is not None and (next_us is None or coming < next_us):
+        next_us = coming
+    return state, findings, next_us, since
 
 
 def _scan(

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -63,6 +64,7 @@ from streams.rules.watermark import as_us, event_time, from_us, occurred_us, spa
 
 DEFAULT_RETENTION = timedelta(days=35)
 DEFAULT_MAX_IDS = 8
+MAX_TIMES = 32  # carrier event times kept per order (`SystemView.times`)
 
 _SCOPE: dict[Phase, tuple[Source, ...]] = {
     Phase.OPEN: (Source.CRM,),
@@ -109,6 +111,10 @@ class SystemView:
     marker_at_us: int = 0
     marker_event_id: str = ""
     failed_us: int | None = None  # earliest allocation_failed: a stock reservation failed
+    # The carrier's only: the distinct occurred_at of its events, ascending, the latest
+    # MAX_TIMES kept (its scans within a phase move the stall rule's anchor; for the other
+    # systems, what `as_of` needs is in `firsts` and the latest event).
+    times: list[int] = field(default_factory=list)
 
     @property
     def phase(self) -> Phase | None:
@@ -217,6 +223,41 @@ class OrderState:
         """The latest occurred_at of any event of the order, any system."""
         return max((v.seen_us for v in self.systems.values()), default=None)
 
+    def as_of(self, t: int) -> OrderState:
+        """The order as its events with occurred_at <= `t` (µs) alone show it.
+
+        Rules that judge the order at an event time use this, not the latest state: events
+        already applied but later than `t` (a backlog on one source holds the watermark back
+        while the others are read ahead) must not change what was true at `t`. Each system's
+        phase is the highest it had reached by `t` (from `firsts`); its stage is its latest
+        stage event when that is not later than `t`, else the first stage of that phase; the
+        facts come from an ERP event at or before `t`. Tracking is the latest known (a
+        carrier and its number do not change over an order's life). Itself when nothing is
+        later than `t`.
+        """
+        last = self.last_event_us
+        if last is None or last <= t:
+            return self
+        systems: dict[Source, SystemView] = {}
+        for source, view in self.systems.items():
+            past = _view_as_of(view, t)
+            if past is not None:
+                systems[source] = past
+        facts = self.facts if self.facts is not None and self.facts.at_us <= t else None
+        return OrderState(
+            order_id=self.order_id,
+            systems=systems,
+            facts=facts,
+            carrier=self.carrier,
+            tracking_no=self.tracking_no,
+            tracking_key=self.tracking_key,
+        )
+
+    def next_event_after(self, t: int) -> int | None:
+        """The earliest occurred_at later than `t` (µs) of an event applied to the order."""
+        later = [at for view in self.systems.values() for at in _event_times(view) if at > t]
+        return min(later, default=None)
+
     def to_json(self) -> dict[str, Any]:
         """A compact, canonical JSON-able form: short keys, times as seconds from a base."""
         # About 1 KiB for a delivered order of 20 events, so the state table and its changelog
@@ -266,7 +307,9 @@ class OrderState:
         base: int = raw["b"]
         state = cls(order_id=raw["o"])
         for code, packed in raw.get("s", {}).items():
-            state.systems[_SOURCE_OF_CODE[code]] = _view_from_json(packed, base, state.order_id)
+            state.systems[_SOURCE_OF_CODE[code]] = _view_from_json(
+                packed, base, state.order_id, _SOURCE_OF_CODE[code]
+            )
         facts = raw.get("f")
         if facts is not None:
             facts = [*facts, *[None] * (9 - len(facts))]
@@ -383,6 +426,8 @@ class OrderJoin:
             view = state.systems[source] = SystemView(seen_us=t)
         elif t > view.seen_us:
             view.seen_us = t
+        if source is Source.LOGISTICS:
+            _note_time(view.times, t)
 
         observations: list[Observation] = []
         stage_value = event.get("stage")
@@ -621,6 +666,61 @@ def _take_tracking(state: OrderState, source: Source, tracking: Mapping[str, Any
     state.tracking_no = number
 
 
+def _note_time(times: list[int], t: int) -> None:
+    # Ascending and distinct; past MAX_TIMES the earliest go (judging an order far behind
+    # its latest events is rare, and then the earliest kept time stands for those dropped).
+    i = bisect_right(times, t)
+    if i and times[i - 1] == t:
+        return
+    times.insert(i, t)
+    if len(times) > MAX_TIMES:
+        del times[0]
+
+
+_LINE_PHASE_RANK: dict[Phase, int] = {
+    Phase.OPEN: 0,
+    Phase.FULFILLING: 1,
+    Phase.SHIPPED: 2,
+    Phase.DELIVERED: 3,
+}
+_FIRST_STAGE_OF: dict[Phase, Stage] = {}
+for _stage in Stage:
+    _FIRST_STAGE_OF.setdefault(PHASE_OF[_stage], _stage)
+
+
+def _phase_reached(firsts: Mapping[Phase, FirstSeen]) -> Phase:
+    # The phase of the latest stage under the join's order: off the line beats the line (the
+    # later of cancelled and returned), else the highest line phase.
+    off = [(first[0], phase) for phase, first in firsts.items() if phase in _OFF_LINE]
+    if off:
+        return max(off)[1]
+    return max(firsts, key=_LINE_PHASE_RANK.__getitem__)
+
+
+def _view_as_of(view: SystemView, t: int) -> SystemView | None:
+    # One system's view from its events with occurred_at <= t; None if it had shown none.
+    earlier = [at for at in _event_times(view) if at <= t]
+    if not earlier:
+        return None
+    firsts = {phase: first for phase, first in view.firsts.items() if first[0] <= t}
+    has_marker = view.marker is not None and view.marker_at_us <= t
+    times = view.times[: bisect_right(view.times, t)]
+    past = SystemView(seen_us=max(earlier), ref=view.ref, firsts=firsts, times=times)
+    if view.stage is not None and view.at_us <= t:
+        past.stage, past.status = view.stage, view.status
+        past.at_us, past.event_id = view.at_us, view.event_id
+    elif firsts:
+        phase = _phase_reached(firsts)
+        past.stage = _FIRST_STAGE_OF[phase]
+        past.at_us, past.event_id = firsts[phase]
+    if view.failed_us is not None and view.failed_us <= t:
+        past.failed_us = view.failed_us
+    if has_marker:
+        past.marker, past.marker_status = view.marker, view.marker_status
+        past.marker_at_us, past.marker_event_id = view.marker_at_us, view.marker_event_id
+    return past
+
+
 def _enc(us: int, base: int) -> int | float:
     # Seconds from the base: an int when whole, else a float that round-trips to the µs
     # (exact while |delta| < 2**53 µs, i.e. ~285 years).
@@ -676,12 +776,28 @@ def _view_to_json(view: SystemView, base: int, order_id: str) -> list[Any]:
     # 0 stands for "the master id itself", as the ERP's order_ref usually is.
     ref: str | int | None = 0 if view.ref == order_id else view.ref
     seen = None if view.stage is not None and view.seen_us == view.at_us else view.seen_us
-    return _trim([None if seen is None else _enc(seen, base), firsts, ref, *latest, *marker])
+    # Only the carrier's event times the rest of the view does not name (its scans between
+    # its first at a phase and its latest), as gaps from the one before.
+    known = _named_times(view)
+    extra = [at for at in view.times if at not in known]
+    times: list[Any] | None = None
+    if extra:
+        times, before = [], base
+        for at in extra:
+            times.append(_enc(at, before))
+            before = at
+    packed = [None if seen is None else _enc(seen, base), firsts, ref, *latest]
+    if marker or times is not None:
+        packed += marker or [None] * 5
+    if times is not None:
+        packed.append(times)
+    return _trim(packed)
 
 
-def _view_from_json(packed: list[Any], base: int, order_id: str) -> SystemView:
-    packed = [*packed, *[None] * (12 - len(packed))]
-    seen, flat, ref, stage_i, status, at, eid, marker_i, m_status, m_at, m_eid, failed = packed
+def _view_from_json(packed: list[Any], base: int, order_id: str, source: Source) -> SystemView:
+    packed = [*packed, *[None] * (13 - len(packed))]
+    seen, flat, ref, stage_i, status, at, eid, marker_i, m_status, m_at, m_eid, failed = packed[:12]
+    gaps = packed[12]
     view = SystemView(seen_us=0, ref=order_id if ref == 0 else ref)
     for i in range(0, len(flat or ()), 3):
         view.firsts[_PHASE_LIST[flat[i]]] = (_dec(flat[i + 1], base), flat[i + 2])
@@ -703,4 +819,30 @@ def _view_from_json(packed: list[Any], base: int, order_id: str) -> SystemView:
             view.failed_us = _dec(failed, base)
         elif view.marker is Marker.ALLOCATION_FAILED:
             view.failed_us = view.marker_at_us
+    if source is Source.LOGISTICS:
+        times = _named_times(view)
+        before = base
+        for gap in gaps or ():
+            before = _dec(gap, before)
+            times.add(before)
+        view.times = sorted(times)[-MAX_TIMES:]
     return view
+
+
+def _named_times(view: SystemView) -> set[int]:
+    # The event times a view names besides `times`: its earliest per phase, latest, marker.
+    named = {view.seen_us, *(first[0] for first in view.firsts.values())}
+    if view.stage is not None:
+        named.add(view.at_us)
+    if view.marker is not None:
+        named.add(view.marker_at_us)
+    if view.failed_us is not None:
+        named.add(view.failed_us)
+    return named
+
+
+def _event_times(view: SystemView) -> set[int]:
+    # Every event time of the system the state still knows.
+    named = _named_times(view)
+    named.update(view.times)
+    return named

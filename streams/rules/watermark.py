@@ -282,6 +282,11 @@ class SourceTime(Generic[P]):
         if wall_us > part[1]:
             part[1] = wall_us
 
+    def latest_us(self, partition: P) -> int | None:
+        """The newest (capped) event time seen on `partition`."""
+        part = self._parts.get(partition)
+        return None if part is None else part[0]
+
     def value_us(self, wall_us: int) -> int | None:
         """The watermark at wall time `wall_us` (None before any event)."""
         if not self._parts or any(p not in self._parts for p in self._backlog):

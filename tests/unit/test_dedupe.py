@@ -23,6 +23,7 @@ from schemas.anomalies import (
     Team,
 )
 from schemas.events import ChangeEvent, OrderDetails
+from schemas.routing import default_routing
 from streams.rules.dedupe import (
     DedupeRules,
     DuplicatePair,
@@ -31,6 +32,7 @@ from streams.rules.dedupe import (
     duplicate_anomaly,
     duplicate_anomaly_id,
 )
+from streams.rules.routing import RoutingFacts, route
 
 T0 = datetime(2024, 11, 11, 15, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -584,3 +586,41 @@ def test_decision_about_another_anomaly_is_refused() -> None:
         apply_duplicate_decision(
             not_a_duplicate, decision(DecisionKind.DUPLICATE_MERGE, anomaly.anomaly_id), T0
         )
+
+
+def test_a_pair_is_routed_on_its_later_placed_order_whichever_arrived_first() -> None:
+    # A VIP's rush order through a distributor, and the same order again on the website 5 min
+    # later. Read in either order (other partitions set the pace upstream), the anomaly is the
+    # same: raised on the later one, routed on its facts.
+    t0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    early = order(channel="distributor_api", placed_at=t0).model_copy(
+        update={"vip": True, "priority": "rush"}
+    )
+    late = order(channel="website", placed_at=t0 + 5 * MIN)
+    routing = default_routing()
+    seen = []
+    for arrivals in ((("SO-1", early), ("SO-2", late)), (("SO-2", late), ("SO-1", early))):
+        window = FingerprintWindow()
+        pairs = [
+            pair
+            for order_id, details in arrivals
+            for pair in RULES.observe(
+                restarted(window) if window.orders else window,
+                order_id,
+                details,
+                event_id=f"ev-{order_id}",
+                status="CREATED",
+                occurred_at=details.placed_at or t0,
+            )
+        ]
+        assert len(pairs) == 1
+        anomaly = duplicate_anomaly(pairs[0], t0, route(pairs[0].routing_facts(), routing))
+        seen.append(anomaly.model_dump(exclude={"detected_at"}))
+    assert seen[0] == seen[1]
+    assert seen[0]["order_id"] == "SO-2"
+    by_later, by_earlier = (
+        route(RoutingFacts.of(AnomalyType.DUPLICATE_ORDER, Severity.WARNING, ["erp"], o), routing)
+        for o in (late, early)
+    )
+    assert by_later != by_earlier  # the arrival order used to pick one of these
+    assert seen[0]["route"] == by_later.model_dump()

@@ -1013,3 +1013,87 @@ def test_an_unlinked_reference_is_an_orphan_after_30_minutes_named_by_its_own_re
     assert again.emits == []  # raised once
     (resolved,) = ghosts.book.resolve_all(T0 + timedelta(hours=3), WALL, "linked")
     assert resolved.state is AnomalyState.RESOLVED
+
+
+# --- judged as of the evaluation's event time, not on the latest state ----------------------
+
+
+def test_a_backlogged_wms_is_missing_at_its_deadline_though_later_erp_events_were_read() -> None:
+    # A catch-up: the ERP's whole life (allocated, shipped, delivered) is read while a slow
+    # source holds event time back. The WMS never reports. At allocated + 2 h the order was
+    # fulfilling, so the WMS was missing then; delivered later takes it out of scope.
+    state = state_of(
+        event(ERP, Stage.PLACED, 0 * MIN),
+        event(CRM, Stage.PLACED, 1 * MIN),
+        event(ERP, Stage.ALLOCATED, 10 * MIN),
+        event(CRM, Stage.ALLOCATED, 11 * MIN),
+        event(ERP, Stage.SHIPPED, 5 * HOUR),
+        event(CRM, Stage.SHIPPED, 5 * HOUR + MIN),
+        event(LOG, Stage.SHIPPED, 5 * HOUR + 30 * MIN),
+        event(LOG, Stage.IN_TRANSIT, 20 * HOUR, n=2),
+        event(LOG, Stage.DELIVERED, 29 * HOUR + 50 * MIN),
+        event(ERP, Stage.DELIVERED, 30 * HOUR),
+        event(CRM, Stage.DELIVERED, 30 * HOUR + MIN),
+    )
+    ghosts = GhostState.new(ORDER)
+    opened = run(state, ghosts, 2 * HOUR + 10 * MIN)
+    wms_missing = ghost_anomaly_id(MISSING, ORDER, WMS.value)
+    assert [(e.anomaly_id, e.state, e.opened_at) for e in anomalies(opened)] == [
+        (wms_missing, AnomalyState.OPEN, T0 + 2 * HOUR + 10 * MIN)
+    ]
+    # Looked at next when the ERP's shipped event counts (event time 5 h), not at the end.
+    assert opened.next_us == int((T0 + 5 * HOUR).timestamp() * 1e6)
+    later = []
+    while ghosts.next_us is not None:
+        at = datetime.fromtimestamp(ghosts.next_us / 1e6, UTC) - T0
+        later += [(e.anomaly_id, e.state, e.resolved_at) for e in anomalies(run(state, ghosts, at))]
+    # Shipped keeps the WMS in scope; delivered (30 h) takes it out: that alone resolves it.
+    assert later == [(wms_missing, AnomalyState.RESOLVED, T0 + 30 * HOUR)]
+
+
+def test_a_stall_counts_from_the_carrier_scan_before_it_not_from_a_later_one() -> None:
+    # The carrier scanned at 1 h and again at 30 h; read together, ahead of event time. At
+    # shipped + 24 h nothing had come from the carrier for 24 h: the stall is real, and the
+    # 30 h scan resolves it.
+    state = state_of(
+        event(ERP, Stage.PLACED, 0 * MIN),
+        event(CRM, Stage.PLACED, 1 * MIN),
+        event(WMS, Stage.SHIPPED, 0 * MIN),
+        event(ERP, Stage.SHIPPED, 0 * MIN),
+        event(CRM, Stage.SHIPPED, 1 * MIN),
+        event(LOG, Stage.SHIPPED, 1 * HOUR),
+        event(LOG, Stage.IN_TRANSIT, 30 * HOUR, n=2),
+    )
+    ghosts = GhostState.new(ORDER)
+    stall = ghost_anomaly_id(STALL, ORDER, str(int((T0 + HOUR).timestamp() * 1e6)))
+    opened = run(state, ghosts, 25 * HOUR)
+    assert [(e.anomaly_id, e.opened_at) for e in anomalies(opened)] == [(stall, T0 + 25 * HOUR)]
+    assert sorted(c.kind for c in opened.emits if isinstance(c, Command)) == [
+        CommandKind.CARRIER_EXCEPTION_TICKET,
+        CommandKind.CUSTOMER_NOTIFY,
+    ]
+    resolved = anomalies(run(state, ghosts, 30 * HOUR))
+    assert [(e.anomaly_id, e.state) for e in resolved] == [(stall, AnomalyState.RESOLVED)]
+
+
+def test_the_state_as_of_an_event_time_round_trips_through_json() -> None:
+    carrier_scans = [event(LOG, Stage.IN_TRANSIT, h * HOUR, n=h) for h in range(1, 40)]
+    state = state_of(event(ERP, Stage.SHIPPED, 0 * MIN), *carrier_scans)
+    again = OrderState.from_json(json.loads(json.dumps(state.to_json())))
+    for h in (0, 5, 20, 39):
+        t = int((T0 + h * HOUR).timestamp() * 1e6)
+        assert again.as_of(t) == state.as_of(t)
+        assert again.next_event_after(t) == state.next_event_after(t)
+
+
+def test_an_order_is_never_judged_back_in_time() -> None:
+    # An orphan opened at its deadline; judged again at an earlier time (a timer rebuilt at
+    # the reference's first event after a restart, a late event) it stays open.
+    state = state_of(event(CRM, Stage.PLACED, 0 * MIN))
+    ghosts = GhostState.new(ORDER)
+    orphan = ghost_anomaly_id(ORPHAN, ORDER, "")
+    assert [e.anomaly_id for e in anomalies(run(state, ghosts, 30 * MIN))] == [orphan]
+    restored = GhostState.from_json(json.loads(json.dumps(ghosts.to_json())), ORDER)
+    assert run(state, restored, 0 * MIN).emits == []
+    assert restored.book.get(orphan) is not None
+    assert restored.book.has_open
