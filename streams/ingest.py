@@ -214,7 +214,14 @@ class IngestStage(PartitionedStage):
         await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
         self._details_overdue(watermark, out, touched)
         self._sent_watermark = watermark
-        body = orjson.dumps({"watermark_us": watermark, "origin": self.origin})
+        # What the mark speaks for: the source partitions read here, out of all of them.
+        covers = sorted(f"{tp.topic}/{tp.partition}" for tp in self.assigned())
+        of = 0
+        for topic in self.topics.sources.values():
+            of += len(await self.producer.partitions(topic))
+        body = orjson.dumps(
+            {"watermark_us": watermark, "origin": self.origin, "covers": covers, "of": of}
+        )
         out += await self._to_every_partition(self.topics.normalized, body)
 
     async def _note_backlogs(self) -> None:
@@ -234,11 +241,15 @@ class IngestStage(PartitionedStage):
             self._ends = dict(await consumer.highwaters(*assigned))
             self._ends_at = now
         for tp in assigned:
-            ends = [e for e in (consumer.highwater(tp), self._ends.get(tp)) if e is not None]
+            fetched = consumer.highwater(tp)
+            if fetched is None:
+                # No fetch of it answered since the assignment: its end is unknown, and
+                # ListOffsets alone may say "caught up" in the middle of tansu's last batch.
+                self.source_time.backlog(tp, True)
+                continue
+            ends = [e for e in (fetched, self._ends.get(tp)) if e is not None]
             expected = self.continuity.expected(tp)
-            pending = (bool(ends) and (expected is None or max(ends) > expected)) or (
-                self._buffered(tp)
-            )
+            pending = (expected is None or max(ends) > expected) or self._buffered(tp)
             self.source_time.backlog(tp, pending)
 
     async def tick(self) -> None:

@@ -219,7 +219,14 @@ class OrderStage(PartitionedStage):
     def _mark(self, partition: int, body: dict[str, Any], wall: datetime, wall_us: int) -> None:
         # Ingest's event time across the source partitions (SourceTime), merged over the
         # partitions this worker reads and the ingest workers that report (UpstreamMarks).
-        self._marks.observe_us(body["origin"], partition, body["watermark_us"], wall_us)
+        self._marks.observe_us(
+            body["origin"],
+            partition,
+            body["watermark_us"],
+            wall_us,
+            covers=body.get("covers"),
+            of=body.get("of"),
+        )
         mine = [tp.partition for tp in self.assigned()]
         merged = self._marks.value_us(mine, wall_us)
         if merged is None:
@@ -567,9 +574,13 @@ class OrderStage(PartitionedStage):
         self._partitions = await self._partition_count()
         # Only this worker's partitions: not standby copies of another worker's.
         states = [(state, ghosts) for _, state, ghosts in self._held(mine)]
+        # Event time resumes only where every partition of this worker says where it stood:
+        # a partition with none has events to come of any age.
         written = [stored(self.table.data.get(watermark_key(p))) for p in sorted(mine)]
-        resumed = [w["watermark_us"] for w in written if w is not None]
-        self.rebuild(states, datetime.now(UTC), min(resumed, default=None))
+        resumed = None
+        if written and all(w is not None for w in written):
+            resumed = min(w["watermark_us"] for w in written if w is not None)
+        self.rebuild(states, datetime.now(UTC), resumed)
         log.info("per-order state: %d orders on partitions %s", len(states), sorted(mine))
 
     def _held(

@@ -52,6 +52,8 @@ class Outputs:
     repeats: int = 0  # records published again, identical
     conflicts: list[str] = field(default_factory=list)  # a command id with other content
     late_events: float = 0.0  # events the per-order stage applied behind its watermark
+    records: list[dict[str, Any]] = field(default_factory=list)  # every anomaly, in order
+    command_records: list[dict[str, Any]] = field(default_factory=list)  # every command
 
     def final(self) -> dict[str, tuple[Any, ...]]:
         """Each anomaly's id -> (type, order, final state, severity, opened_at, resolved_at)."""
@@ -77,6 +79,7 @@ def outputs_of(anomaly_values: Sequence[bytes], command_values: Sequence[bytes])
     out = Outputs()
     for value in anomaly_values:
         record = orjson.loads(value)
+        out.records.append(record)
         content = {k: v for k, v in record.items() if k not in WALL_FIELDS}
         anomaly_id = record["anomaly_id"]
         versions = out.versions.setdefault(anomaly_id, [])
@@ -87,6 +90,7 @@ def outputs_of(anomaly_values: Sequence[bytes], command_values: Sequence[bytes])
         out.anomalies[anomaly_id] = content
     for value in command_values:
         record = orjson.loads(value)
+        out.command_records.append(record)
         known = out.commands.get(record["command_id"])
         if known is None:
             out.commands[record["command_id"]] = record

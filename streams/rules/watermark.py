@@ -319,25 +319,45 @@ class UpstreamMarks(Generic[P]):
     heard from in the last `idle_after` of wall time (an origin that stopped, say a worker
     that left the group, stops holding it). An origin not yet heard on every partition read
     gives no value at all: its time on the others is unknown.
+
+    An origin's watermark speaks only for the input partitions it reads (`covers`, out of
+    `of` in all). While the origins heard from do not cover every input partition between
+    them (a worker died and its partitions are not read by anyone yet, or are being handed
+    to another), there is no value: events of the uncovered partitions may be of any age.
+    A mark that names no coverage covers everything (one upstream worker reading all).
     """
 
-    __slots__ = ("_idle_us", "_marks", "_seen")
+    __slots__ = ("_covers", "_idle_us", "_marks", "_seen")
 
     def __init__(self, idle_after: timedelta = DEFAULT_IDLE_AFTER) -> None:
         self._idle_us = span_us(idle_after)
         self._marks: dict[str, dict[P, int]] = {}
         self._seen: dict[str, int] = {}
+        self._covers: dict[str, tuple[frozenset[str], int] | None] = {}
 
-    def observe_us(self, origin: str, partition: P, mark_us: int, wall_us: int) -> None:
-        """Take one mark read from `partition`."""
+    def observe_us(
+        self,
+        origin: str,
+        partition: P,
+        mark_us: int,
+        wall_us: int,
+        covers: Collection[str] | None = None,
+        of: int | None = None,
+    ) -> None:
+        """Take one mark read from `partition`; `covers` names the input partitions the
+        origin read when it made the mark, out of `of` (None: all of them)."""
         marks = self._marks.setdefault(origin, {})
         if mark_us > marks.get(partition, mark_us - 1):
             marks[partition] = mark_us
+            self._covers[origin] = None if covers is None else (frozenset(covers), of or 0)
         self._seen[origin] = max(self._seen.get(origin, wall_us), wall_us)
 
     def value_us(self, partitions: Collection[P] | None, wall_us: int) -> int | None:
         """The merged watermark over `partitions` (None: every partition marked so far)."""
         values: list[int] = []
+        covered: set[str] = set()
+        needed = 0
+        whole = False
         for origin, marks in self._marks.items():
             if wall_us - self._seen[origin] >= self._idle_us:
                 continue
@@ -345,9 +365,18 @@ class UpstreamMarks(Generic[P]):
             if not wanted or any(p not in marks for p in wanted):
                 return None
             values.append(min(marks[p] for p in wanted))
-        return min(values) if values else None
+            coverage = self._covers.get(origin)
+            if coverage is None:
+                whole = True
+            else:
+                covered.update(coverage[0])
+                needed = max(needed, coverage[1])
+        if not values or (not whole and len(covered) < needed):
+            return None
+        return min(values)
 
     def reset(self) -> None:
         """Forget every mark (after a reassignment)."""
         self._marks.clear()
         self._seen.clear()
+        self._covers.clear()

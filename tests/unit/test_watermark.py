@@ -265,3 +265,30 @@ def test_upstream_marks_take_the_slowest_partition_and_origin():
     marks.observe_us("ingest-a", 1, 800, wall + 61 * SEC_US)
     assert marks.value_us([0, 1], wall + 61 * SEC_US) == 800
     assert marks.value_us(None, wall + 61 * SEC_US) == 800
+
+
+def test_upstream_marks_need_every_input_partition_covered() -> None:
+    # A worker restarting next to the dead member that still holds half the source partitions:
+    # its marks speak for the half it reads. Until someone reads the other half, there is no
+    # merged watermark (their events may be of any age), not the half's time.
+    marks: UpstreamMarks[int] = UpstreamMarks(timedelta(seconds=60))
+    wall = 0
+    half = ["erp/0", "erp/2", "crm/0", "crm/2"]
+    for partition in (0, 1):
+        marks.observe_us("live", partition, 5_000, wall, covers=half, of=8)
+    assert marks.value_us([0, 1], wall) is None
+    # Its next marks, once it reads every source partition, count.
+    everything = [*half, "erp/1", "erp/3", "crm/1", "crm/3"]
+    for partition in (0, 1):
+        marks.observe_us("live", partition, 6_000, wall, covers=everything, of=8)
+    assert marks.value_us([0, 1], wall) == 6_000
+    # Two workers splitting the sources between them: together they cover it all.
+    split: UpstreamMarks[int] = UpstreamMarks(timedelta(seconds=60))
+    for partition in (0, 1):
+        split.observe_us("a", partition, 7_000, wall, covers=half, of=8)
+        split.observe_us("b", partition, 6_500, wall, covers=everything[4:], of=8)
+    assert split.value_us([0, 1], wall) == 6_500
+    # Marks naming no coverage (one upstream worker reading all) count as before.
+    plain: UpstreamMarks[int] = UpstreamMarks(timedelta(seconds=60))
+    plain.observe_us("x", 0, 9_000, wall)
+    assert plain.value_us([0], wall) == 9_000
