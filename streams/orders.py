@@ -177,7 +177,7 @@ class OrderStage(PartitionedStage):
             await self._ensure_built()
             await self._baselines({m.tp for m in messages})
             started = time.perf_counter()
-            wall = datetime.now(UTC)
+            wall = self.wall_clock()
             wall_us = as_us(wall)
             now = time.monotonic()
             for msg in messages:
@@ -476,7 +476,7 @@ class OrderStage(PartitionedStage):
             return
         async with self.lock:
             await self._ensure_built()
-            wall = datetime.now(UTC)
+            wall = self.wall_clock()
             before = self.watermark.value_us
             watermark = self.watermark.advance_idle(wall)
             if watermark is None:
@@ -537,7 +537,7 @@ class OrderStage(PartitionedStage):
         self._partitions = await self._partition_count()
         # Only this worker's partitions: not standby copies of another worker's.
         states = [(state, ghosts) for _, state, ghosts in self._held(mine)]
-        self.rebuild(states, datetime.now(UTC))
+        self.rebuild(states, self.wall_clock())
         log.info("per-order state: %d orders on partitions %s", len(states), sorted(mine))
 
     def _held(
