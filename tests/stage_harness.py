@@ -282,6 +282,10 @@ class Pipeline:
         self.wall = wall
         self.wall_per_batch = wall_per_batch
         self.committed: dict[TP, int] = {}
+        # The offset after the last record ever handed to a stage, per partition (kept across
+        # crashes), and how many records were handed over again after a crash.
+        self._delivered: dict[TP, int] = {}
+        self.redelivered = 0
         self.generation = 0
         self.batches = 0  # batches since the last (re)start
         self.crashes = 0
@@ -434,6 +438,9 @@ class Pipeline:
                     continue
                 progressed = True
                 batch += [_Message(tp, r.offset, r.key, r.value, r.headers) for r in records]
+                end = start + len(records)
+                self.redelivered += max(0, min(end, self._delivered.get(tp, 0)) - start)
+                self._delivered[tp] = max(end, self._delivered.get(tp, 0))
                 consumer.positions[tp] = start + len(records)
                 consumer._read_offset[tp] = start + len(records) - 1
                 if len(batch) >= self.batch_size:
