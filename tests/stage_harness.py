@@ -529,11 +529,19 @@ class Outputs:
     @classmethod
     def of(cls, pipeline: Pipeline) -> Outputs:
         """Reduce a run's anomalies and commands topics."""
+        return cls.reduce(pipeline.anomalies(), pipeline.commands())
+
+    @classmethod
+    def reduce(
+        cls, anomalies: Iterable[dict[str, Any]], commands: Iterable[dict[str, Any]]
+    ) -> Outputs:
+        """Reduce the records of the anomalies and commands topics, each in the order read
+        (per key, as published)."""
         final: dict[str, dict[str, Any]] = {}
         lifecycle: dict[str, list[str]] = {}
         seen: set[bytes] = set()
         repeats = 0
-        for anomaly in pipeline.anomalies():
+        for anomaly in anomalies:
             key = content(anomaly)
             if key in seen:
                 repeats += 1
@@ -544,17 +552,17 @@ class Outputs:
             states = lifecycle.setdefault(aid, [])
             if not states or states[-1] != anomaly["state"]:
                 states.append(anomaly["state"])
-        commands: dict[str, dict[str, Any]] = {}
+        by_id: dict[str, dict[str, Any]] = {}
         conflicts = []
-        for command in pipeline.commands():
-            known = commands.get(command["command_id"])
+        for command in commands:
+            known = by_id.get(command["command_id"])
             if known is None:
-                commands[command["command_id"]] = command
+                by_id[command["command_id"]] = command
             elif content(known) == content(command):
                 repeats += 1
             else:
                 conflicts.append(command["command_id"])
-        return cls(final, lifecycle, commands, repeats, conflicts)
+        return cls(final, lifecycle, by_id, repeats, conflicts)
 
     def finals(self) -> dict[str, bytes]:
         """Anomaly id -> the content of its last lifecycle event."""

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from concord.broker import free_port, worker_env
 
@@ -129,10 +131,22 @@ def normalized_events(records: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
     return out
 
 
+class ReadTimeoutError(AssertionError):
+    """A read whose condition did not hold in time; `records` is what it read."""
+
+    def __init__(self, what: str, records: list[Any]):
+        topics = Counter(r.topic for r in records)
+        last = [(r.topic, r.partition, r.offset, (r.value or b"")[:200]) for r in records[-3:]]
+        super().__init__(f"{what}; read {len(records)} records {dict(topics)}, the last {last}")
+        self.records = records
+
+
 async def read_all(
     bootstrap: str, topics: list[str], *, until: Any = None, within: float = 90.0
 ) -> list[Any]:
-    """Every record on `topics` from the start, read until `until(records)` or the timeout."""
+    """Every record on `topics` from the start, read until `until(records)` holds, or without
+    `until`, until nothing new came for 3 s. Raises ReadTimeoutError (with what it read) when
+    that does not happen within `within` seconds."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     records: list[Any] = []
@@ -144,19 +158,55 @@ async def read_all(
         await consumer.seek_to_beginning(*partitions)
         deadline = time.monotonic() + within
         quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
+        while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             got = [m for msgs in batch.values() for m in msgs]
             records.extend(got)
             if got:
                 quiet_since = time.monotonic()
             if until is not None and until(records):
-                break
+                return records
             if until is None and time.monotonic() - quiet_since > 3:
-                break
+                return records
+            if time.monotonic() >= deadline:
+                what = "the condition never held" if until else "records kept coming"
+                raise ReadTimeoutError(f"{topics}: {what} within {within:g} s", records)
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end(bootstrap: str, topics: list[str]) -> list[Any]:
+    """Every record on `topics` up to their end offsets as of the call."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        pending = [tp for tp in partitions if ends[tp] > 0]
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
+            for tp, msgs in batch.items():
+                records += [m for m in msgs if m.offset < ends[tp]]
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
     finally:
         await consumer.stop()
     return records
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """The consumer group's committed offsets, by (topic, partition)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:

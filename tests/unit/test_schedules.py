@@ -21,6 +21,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from schemas.settings import Settings
+from tests.feeds import build_feed
 from tests.stage_harness import Outputs, Pipeline, batches
 
 CST = timezone(timedelta(hours=8))
@@ -195,6 +196,28 @@ def test_a_clean_day_gives_the_same_outputs_in_batches_of_any_size(batch_size: i
     assert differences(outputs, _clean_reference(True, None)) == []
     assert outputs.repeats == 0  # nothing crashed, nothing is published twice
     assert pipeline.records(pipeline.names.deadletter) == []
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 5000])
+def test_the_ingest_feed_raises_exactly_its_planted_anomalies_in_any_batch_size(
+    batch_size: int,
+) -> None:
+    """tests/feeds.py's feed (the integration tests' SIGKILL and rebalance input), 200 orders:
+    what it must raise at the settled watermark is known exactly."""
+    feed = build_feed("concord", orders=200)
+    settings = Settings(topic_partitions=PARTITIONS, clickhouse_enabled=False)
+    pipeline = Pipeline(settings, batch_size=batch_size)
+    pipeline.publish(feed.records)
+    pipeline.run()
+    pipeline.advance_wall(QUIET)
+    outputs = Outputs.of(pipeline)
+    watermark = feed.settled_watermark()
+    assert pipeline.stages.orders.watermark.value == watermark
+    got = {aid: (a["type"], a["order_id"]) for aid, a in outputs.final.items()}
+    assert got == feed.anomalies_at(watermark)
+    assert len(got) == 139  # 136 of the 200 orders' conflicts are due, and 3 orphans
+    assert {a["state"] for a in outputs.final.values()} == {"open"}
+    assert outputs.commands == {}
 
 
 def _order_behind_a_busy_erp_partition() -> tuple[list[dict[str, Any]], str]:
