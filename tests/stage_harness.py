@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -563,6 +564,14 @@ class Outputs:
             else:
                 conflicts.append(command["command_id"])
         return cls(final, lifecycle, by_id, repeats, conflicts)
+
+    def census(self, ids: Iterable[str]) -> str:
+        """How many of `ids` per type and lifecycle, and the first few described."""
+        ids = sorted(ids)
+        kinds = Counter(
+            f"{self.final[i]['type']} {'→'.join(self.lifecycle[i])}" for i in ids if i in self.final
+        )
+        return f"{len(ids)} anomalies: {dict(kinds)}; e.g. {self.described(ids[:5])}"
 
     def finals(self) -> dict[str, bytes]:
         """Anomaly id -> the content of its last lifecycle event."""

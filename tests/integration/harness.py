@@ -9,17 +9,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from concord.broker import free_port, worker_env
+from sinks.metrics import metric_samples
+from tests.stage_harness import Outputs
 
 
 @dataclass
@@ -121,6 +123,82 @@ async def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, byt
     return n
 
 
+# Worker settings that let event time settle where the feed ends: a source partition with
+# nothing left stops holding it after 2 s, and it never follows the wall clock past there.
+SETTLED_EVENT_TIME = {"CONCORD_SOURCE_IDLE_AFTER": "PT2S", "CONCORD_WATERMARK_IDLE_AFTER": "PT1H"}
+
+
+def wait_until(
+    what: str,
+    check: Callable[[], Any],
+    *,
+    within: float = 120.0,
+    workers: Iterable[WorkerProcess] = (),
+    show: Callable[[], Any] | None = None,
+) -> Any:
+    """Call `check()` every half second until it returns something true, which is returned;
+    fails naming `what`, with the last value (or HTTP error), `show()` when given, and the
+    workers' log tails."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            last = check()
+        except httpx.HTTPError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            logs = "\n".join(w.log_tail(30) for w in workers)
+            shown = "" if show is None else f", {show()!r}"
+            raise AssertionError(f"{what}: not within {within:g} s (last: {last!r}{shown})\n{logs}")
+        time.sleep(0.5)
+
+
+def metric_total(worker: WorkerProcess, name: str) -> float:
+    """The sum of a labelled metric's samples on the worker's /metrics."""
+    return sum(metric_samples(httpx.get(worker.url("/metrics"), timeout=10).text, name).values())
+
+
+def watermark_of(worker: WorkerProcess) -> datetime | None:
+    """The worker's event time, from /kpis."""
+    mark = httpx.get(worker.url("/kpis"), timeout=10).json()["watermark"]
+    return None if mark is None else datetime.fromisoformat(mark)
+
+
+def event_time_reached(worker: WorkerProcess, target: datetime, within: float = 120.0) -> Any:
+    """The worker's event time once it is `target`, or where it stands after `within` s
+    (the caller asserts it; what was published meanwhile can be checked first)."""
+    deadline = time.monotonic() + within
+    while (reached := watermark_of(worker)) != target and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return reached
+
+
+async def published_outputs(bootstrap: str, prefix: str) -> Outputs:
+    """Everything on the anomalies and commands topics so far, reduced (repeats counted)."""
+    records = await read_to_end(bootstrap, [f"{prefix}.anomalies", f"{prefix}.commands"])
+    anomalies = [orjson.loads(r.value) for r in records if r.topic.endswith(".anomalies")]
+    commands = [orjson.loads(r.value) for r in records if r.topic.endswith(".commands")]
+    return Outputs.reduce(anomalies, commands)
+
+
+def assert_exactly(outputs: Outputs, want: dict[str, tuple[str, str]]) -> None:
+    """The published anomalies are exactly `want` (id -> (type, order)), each opened once
+    and still open (none raised and resolved); any repeat identical; no command."""
+    found = {aid: (a["type"], a["order_id"]) for aid, a in outputs.final.items()}
+    extra = found.keys() - want.keys()
+    assert not extra, f"not planted: {outputs.census(extra)}"
+    missing = sorted(want.keys() - found.keys())
+    kinds = Counter(want[aid][0] for aid in missing)
+    assert not missing, f"never raised: {len(missing)} {dict(kinds)}, e.g. {missing[:5]}"
+    assert found == want
+    not_open = [aid for aid, states in outputs.lifecycle.items() if states != ["open"]]
+    assert not not_open, f"not open: {outputs.census(not_open)}"
+    assert outputs.conflicts == []
+    assert outputs.commands == {}
+
+
 def normalized_events(records: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
     """(record, event) for every event in concord.normalized records (envelopes unpacked;
     event-time marks and forwarded decisions left out)."""
@@ -176,7 +254,11 @@ async def read_all(
 
 
 async def read_to_end(bootstrap: str, topics: list[str]) -> list[Any]:
-    """Every record on `topics` up to their end offsets as of the call."""
+    """Every record on `topics` up to their ends as of the call.
+
+    A partition's end is the larger of ListOffsets and the high watermark its fetches
+    report: tansu answers ListOffsets with the last batch's base offset + 1, short of the
+    rest of that batch (README, "The embedded broker")."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     records: list[Any] = []
@@ -191,6 +273,7 @@ async def read_to_end(bootstrap: str, topics: list[str]) -> list[Any]:
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
             for tp, msgs in batch.items():
+                ends[tp] = max(ends[tp], consumer.highwater(tp) or 0)
                 records += [m for m in msgs if m.offset < ends[tp]]
             pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
     finally:
@@ -198,15 +281,24 @@ async def read_to_end(bootstrap: str, topics: list[str]) -> list[Any]:
     return records
 
 
-async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    """The consumer group's committed offsets, by (topic, partition)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def committed_offsets(
+    bootstrap: str, group: str, topics: list[str]
+) -> dict[tuple[str, int], int]:
+    """The consumer group's committed offsets on `topics`, by (topic, partition); a partition
+    the group never committed is left out. Reads them without joining the group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))
+        ]
+        consumer.assign(partitions)
+        committed = {tp: await consumer.committed(tp) for tp in partitions}
     finally:
-        await admin.close()
-    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+        await consumer.stop()
+    return {(tp.topic, tp.partition): n for tp, n in committed.items() if n is not None}
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
