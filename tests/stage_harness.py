@@ -12,7 +12,7 @@ the producer, the tables). Nothing of the stages' own code is replaced:
     pipeline.advance_wall(120)               # the worker's 1-second timers, wall clock moving
     pipeline.crash()                         # SIGKILL: memory gone, tables from changelogs
     pipeline.run()                           # uncommitted records come again
-    pipeline.anomalies(), pipeline.commands(), pipeline.records(topic)
+    pipeline.outputs(), pipeline.anomalies(), pipeline.records(topic)
 
 Schedules are deterministic: the stages take turns in pipeline order, each taking one batch
 of up to `batch_size` records, gathered round-robin over its input partitions in runs of
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +43,7 @@ from streams.decisions import route_decisions
 from streams.ingest import envelope
 from streams.rules.watermark import as_us
 from streams.topics import TopicNames
+from tests.outputs import Outputs
 
 # Later than every feed the tests build: event times are never capped at wall + max_ahead.
 WALL_START = datetime(2026, 4, 1, tzinfo=UTC)
@@ -503,94 +503,9 @@ class Pipeline:
         """Every command on concord.commands, in the order produced."""
         return [r.json() for r in self.records(self.names.commands)]
 
-
-# --- what determinism tests compare ---------------------------------------------------------
-
-# Wall-clock readings: they say when an output appeared, never which.
-WALL_FIELDS = frozenset({"detected_at"})
-
-
-def content(output: dict[str, Any]) -> bytes:
-    """An anomaly or command as compared between runs: everything but its wall-clock fields."""
-    return orjson.dumps(
-        {k: v for k, v in output.items() if k not in WALL_FIELDS}, option=orjson.OPT_SORT_KEYS
-    )
-
-
-@dataclass
-class Outputs:
-    """What a run published, reduced to what must not depend on the schedule."""
-
-    final: dict[str, dict[str, Any]]  # anomaly id -> its last lifecycle event
-    lifecycle: dict[str, list[str]]  # anomaly id -> its distinct states, in order
-    commands: dict[str, dict[str, Any]]  # command id -> the command
-    repeats: int  # outputs published again with the same id and content (after a crash)
-    conflicts: list[str]  # ids published twice with different content
-
-    @classmethod
-    def of(cls, pipeline: Pipeline) -> Outputs:
-        """Reduce a run's anomalies and commands topics."""
-        return cls.reduce(pipeline.anomalies(), pipeline.commands())
-
-    @classmethod
-    def reduce(
-        cls, anomalies: Iterable[dict[str, Any]], commands: Iterable[dict[str, Any]]
-    ) -> Outputs:
-        """Reduce the records of the anomalies and commands topics, each in the order read
-        (per key, as published)."""
-        final: dict[str, dict[str, Any]] = {}
-        lifecycle: dict[str, list[str]] = {}
-        seen: set[bytes] = set()
-        repeats = 0
-        for anomaly in anomalies:
-            key = content(anomaly)
-            if key in seen:
-                repeats += 1
-                continue
-            seen.add(key)
-            aid = anomaly["anomaly_id"]
-            final[aid] = anomaly
-            states = lifecycle.setdefault(aid, [])
-            if not states or states[-1] != anomaly["state"]:
-                states.append(anomaly["state"])
-        by_id: dict[str, dict[str, Any]] = {}
-        conflicts = []
-        for command in commands:
-            known = by_id.get(command["command_id"])
-            if known is None:
-                by_id[command["command_id"]] = command
-            elif content(known) == content(command):
-                repeats += 1
-            else:
-                conflicts.append(command["command_id"])
-        return cls(final, lifecycle, by_id, repeats, conflicts)
-
-    def census(self, ids: Iterable[str]) -> str:
-        """How many of `ids` per type and lifecycle, and the first few described."""
-        ids = sorted(ids)
-        kinds = Counter(
-            f"{self.final[i]['type']} {'→'.join(self.lifecycle[i])}" for i in ids if i in self.final
-        )
-        return f"{len(ids)} anomalies: {dict(kinds)}; e.g. {self.described(ids[:5])}"
-
-    def finals(self) -> dict[str, bytes]:
-        """Anomaly id -> the content of its last lifecycle event."""
-        return {aid: content(a) for aid, a in self.final.items()}
-
-    def described(self, ids: Sequence[str]) -> list[str]:
-        """One line per anomaly id: its type, order, states and times (for failure messages)."""
-        lines = []
-        for aid in ids:
-            a = self.final.get(aid)
-            if a is None:
-                lines.append(f"{aid}: never published")
-                continue
-            lines.append(
-                f"{aid}: {a['type']} {a.get('order_id')} {a.get('systems')} "
-                f"{'→'.join(self.lifecycle[aid])} opened {a['opened_at']} "
-                f"resolved {a.get('resolved_at')} {a['severity']}"
-            )
-        return lines
+    def outputs(self) -> Outputs:
+        """The anomalies and commands published so far, reduced (tests/outputs.py)."""
+        return Outputs.reduce(self.anomalies(), self.commands())
 
 
 def batches(values: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

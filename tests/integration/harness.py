@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from concord.broker import free_port, worker_env
 from sinks.metrics import metric_samples
-from tests.stage_harness import Outputs
+from tests.outputs import Outputs
 
 
 @dataclass
@@ -175,9 +175,11 @@ def event_time_reached(worker: WorkerProcess, target: datetime, within: float = 
     return reached
 
 
-async def published_outputs(bootstrap: str, prefix: str) -> Outputs:
-    """Everything on the anomalies and commands topics so far, reduced (repeats counted)."""
-    records = await read_to_end(bootstrap, [f"{prefix}.anomalies", f"{prefix}.commands"])
+async def published_outputs(bootstrap: str, prefix: str, *, quiet: bool = False) -> Outputs:
+    """Everything on the anomalies and commands topics so far (with `quiet`, once nothing
+    new came for 3 s), reduced: repeats counted."""
+    topics = [f"{prefix}.anomalies", f"{prefix}.commands"]
+    records = await (read_all(bootstrap, topics) if quiet else read_to_end(bootstrap, topics))
     anomalies = [orjson.loads(r.value) for r in records if r.topic.endswith(".anomalies")]
     commands = [orjson.loads(r.value) for r in records if r.topic.endswith(".commands")]
     return Outputs.reduce(anomalies, commands)

@@ -22,7 +22,8 @@ from aiokafka.partitioner import murmur2
 
 from schemas.settings import Settings
 from tests.feeds import build_feed
-from tests.stage_harness import Outputs, Pipeline, batches
+from tests.outputs import Outputs, differences
+from tests.stage_harness import Pipeline, batches
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=CST)
@@ -151,7 +152,7 @@ def replay(
         pipeline.publish(part)
         pipeline.run(crash_every=crash_every)
     pipeline.advance_wall(QUIET)
-    return pipeline, Outputs.of(pipeline)
+    return pipeline, pipeline.outputs()
 
 
 def summary(outputs: Outputs) -> set[tuple[str, str | None, str, str]]:
@@ -159,22 +160,6 @@ def summary(outputs: Outputs) -> set[tuple[str, str | None, str, str]]:
     return {
         (a["type"], a.get("order_id"), a["state"], a["severity"]) for a in outputs.final.values()
     }
-
-
-def differences(got: Outputs, want: Outputs) -> list[str]:
-    """Every anomaly or command in which two runs differ, one line each (empty: none)."""
-    got_finals, want_finals = got.finals(), want.finals()
-    lines = [f"extra: {line}" for line in got.described(sorted(set(got_finals) - set(want_finals)))]
-    lines += [
-        f"lost: {line}" for line in want.described(sorted(set(want_finals) - set(got_finals)))
-    ]
-    for aid in sorted(set(got_finals) & set(want_finals)):
-        if got_finals[aid] != want_finals[aid]:
-            lines += [f"differs: {got.described([aid])[0]}", f"  instead of: {want_finals[aid]!r}"]
-    for cid in sorted(set(got.commands) ^ set(want.commands)):
-        lines.append(f"command {'extra' if cid in got.commands else 'lost'}: {cid}")
-    lines += [f"command published twice with different content: {c}" for c in got.conflicts]
-    return lines
 
 
 @functools.cache
@@ -210,7 +195,7 @@ def test_the_ingest_feed_raises_exactly_its_planted_anomalies_in_any_batch_size(
     pipeline.publish(feed.records)
     pipeline.run()
     pipeline.advance_wall(QUIET)
-    outputs = Outputs.of(pipeline)
+    outputs = pipeline.outputs()
     watermark = feed.settled_watermark()
     assert pipeline.stages.orders.watermark.value == watermark
     got = {aid: (a["type"], a["order_id"]) for aid, a in outputs.final.items()}
