@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from concord.broker import free_port, worker_env
+from concord.broker import free_port, partitions_of, read_to_end, worker_env
 from sinks.metrics import metric_samples
 from tests.outputs import Outputs
 
@@ -232,7 +231,7 @@ async def read_all(
     records: list[Any] = []
     try:
         partitions = [
-            TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))
+            TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(consumer, t))
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -255,34 +254,6 @@ async def read_all(
         await consumer.stop()
 
 
-async def read_to_end(bootstrap: str, topics: list[str]) -> list[Any]:
-    """Every record on `topics` up to their ends as of the call.
-
-    A partition's end is the larger of ListOffsets and the high watermark its fetches
-    report: tansu answers ListOffsets with the last batch's base offset + 1, short of the
-    rest of that batch (README, "The embedded broker")."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        partitions = [
-            TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        pending = [tp for tp in partitions if ends[tp] > 0]
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
-            for tp, msgs in batch.items():
-                ends[tp] = max(ends[tp], consumer.highwater(tp) or 0)
-                records += [m for m in msgs if m.offset < ends[tp]]
-            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
-    finally:
-        await consumer.stop()
-    return records
-
-
 async def committed_offsets(
     bootstrap: str, group: str, topics: list[str]
 ) -> dict[tuple[str, int], int]:
@@ -294,20 +265,10 @@ async def committed_offsets(
     await consumer.start()
     try:
         partitions = [
-            TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))
+            TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(consumer, t))
         ]
         consumer.assign(partitions)
         committed = {tp: await consumer.committed(tp) for tp in partitions}
     finally:
         await consumer.stop()
     return {(tp.topic, tp.partition): n for tp, n in committed.items() if n is not None}
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions")
