@@ -192,7 +192,8 @@ def assert_exactly(outputs: Outputs, want: dict[str, tuple[str, str]]) -> None:
     assert not extra, f"not planted: {outputs.census(extra)}"
     missing = sorted(want.keys() - found.keys())
     kinds = Counter(want[aid][0] for aid in missing)
-    assert not missing, f"never raised: {len(missing)} {dict(kinds)}, e.g. {missing[:5]}"
+    examples = [(aid, *want[aid]) for aid in missing[:5]]
+    assert not missing, f"never raised: {len(missing)} {dict(kinds)}, e.g. {examples}"
     assert found == want
     not_open = [aid for aid, states in outputs.lifecycle.items() if states != ["open"]]
     assert not not_open, f"not open: {outputs.census(not_open)}"
