@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 # What the workers started here replay (scenario days, test and benchmark feeds) are fixed
 # days of the past: a live bound on event age (CONCORD_MAX_EVENT_AGE) would turn them into
@@ -267,3 +271,42 @@ def running_broker(port: int | None = None, **kwargs: object) -> Iterator[Embedd
         yield broker
     finally:
         broker.stop()
+
+
+async def read_to_end(bootstrap: str, topics: list[str]) -> list[ConsumerRecord[Any, Any]]:
+    """Every record on `topics`, from the start up to their ends as of the call.
+
+    A partition's end is the larger of ListOffsets and the high watermark its fetches
+    report: tansu answers ListOffsets with the last batch's base offset + 1, short of the
+    rest of that batch (README, "The embedded broker")."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord[Any, Any]] = []
+    try:
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(consumer, t))
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        pending = [tp for tp in partitions if ends[tp] > 0]
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
+            for tp, msgs in batch.items():
+                ends[tp] = max(ends[tp], consumer.highwater(tp) or 0)
+                records += [m for m in msgs if m.offset < ends[tp]]
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The topic's partitions, once the consumer's metadata has them (fails after ~5 s)."""
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise BrokerError(f"topic {topic} has no partitions")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from faust.web import Request, Response, View
 
 from schemas.events import OrderDetails
+from schemas.privacy import PhoneHasher
 from schemas.routing import load_routing
 from schemas.settings import Settings
 from schemas.status_map import load_status_map
@@ -84,21 +86,32 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def create_app(settings: Settings) -> faust.App:
-    """Build the Faust app for these settings: the whole flow reads top to bottom here."""
-    app = faust.App(settings.app_id, **faust_settings(settings))
-    phones = phone_key(settings)  # the phone hashes' secret key
-    warehouse = Warehouse(settings, phones.hasher)
-    feed = warehouse if warehouse.enabled else None  # the stages' ClickHouse rows, if any
-    join = OrderJoin(phones.hasher)
-    names = TopicNames.from_settings(settings)
+@dataclass(frozen=True)
+class Stages:
+    """The worker's five stages, wired to one another."""
+
+    ingest: IngestStage
+    orders: OrderStage
+    dedupe: DedupeStage
+    decisions: DecisionStage
+    breaker: BreakerStage
+
+    def all(self) -> tuple[IngestStage, OrderStage, DedupeStage, DecisionStage, BreakerStage]:
+        """The stages in pipeline order."""
+        return (self.ingest, self.orders, self.dedupe, self.decisions, self.breaker)
+
+
+def build_stages(
+    app: Any, settings: Settings, feed: Warehouse | None, phones: PhoneHasher
+) -> Stages:
+    """The stages and their tables (`app.Table`), each stage's rules and the links between
+    them; `feed` takes their ClickHouse rows, `phones` hashes customers' phones. The worker's
+    Faust app and the in-process harness (tests/stage_harness.py) build them here alike."""
+    join = OrderJoin(phones)
     routing = load_routing(settings.routing_file)
     end_marker = tansu.END_MARKER_KEY if tansu.needs_changelog_end_marker(settings) else None
     dedupe_rules = DedupeRules(window=settings.duplicate_window)
-
-    def topic(*topic_names: str, partitions: int | None = None) -> Any:
-        return app.topic(*topic_names, key_type=bytes, value_type=bytes, partitions=partitions)
-
+    names = TopicNames.from_settings(settings)
     # source topics -> ingest: validate, crosswalk, dead letters -> concord.normalized
     ingest = IngestStage(
         app,
@@ -117,10 +130,9 @@ def create_app(settings: Settings) -> faust.App:
     # concord.normalized -> per-order join, KPIs, ghosts -> anomalies, commands, placements
     # (bytes keys are raw on the changelog, so Faust routes /orders/{id} by the partitioner
     # that placed the order on concord.normalized; values are kept as their JSON bytes)
-    order_table = app.Table("order-state", key_type=bytes, value_type=bytes)
     orders = OrderStage(
         app,
-        order_table,
+        app.Table("order-state", key_type=bytes, value_type=bytes),
         names,
         settings,
         routing,
@@ -160,9 +172,24 @@ def create_app(settings: Settings) -> faust.App:
         warehouse=feed,
     )
     ingest.on_anomaly = orders.record_anomaly
-    stages = (ingest, orders, dedupe, decisions, breaker)
+    return Stages(ingest, orders, dedupe, decisions, breaker)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app for these settings: the whole flow reads top to bottom here."""
+    app = faust.App(settings.app_id, **faust_settings(settings))
+    phones = phone_key(settings)  # the phone hashes' secret key
+    warehouse = Warehouse(settings, phones.hasher)
+    feed = warehouse if warehouse.enabled else None  # the stages' ClickHouse rows, if any
+    names = TopicNames.from_settings(settings)
+    stages = build_stages(app, settings, feed, phones.hasher).all()
+    ingest, orders, dedupe, decisions, breaker = stages
+    order_table = orders.table
     for each in stages:
         each.producer.tap = None if feed is None else feed.outgoing
+
+    def topic(*topic_names: str, partitions: int | None = None) -> Any:
+        return app.topic(*topic_names, key_type=bytes, value_type=bytes, partitions=partitions)
 
     inboxes: list[RecordInbox] = []
 

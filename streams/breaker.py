@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -74,7 +73,7 @@ class BreakerStage(PartitionedStage):
     async def process(self, messages: Sequence[Message]) -> None:
         """Fold in a batch of deltas and decisions, evaluate, publish, persist."""
         await self._baselines({m.tp for m in messages})
-        wall = datetime.now(UTC)
+        wall = self.wall_clock()
         now = time.monotonic()
         raw = self.table.data.get(STATE_KEY) or {}
         breaker = Breaker.from_json(raw.get("breaker"), self.settings)

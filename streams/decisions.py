@@ -107,7 +107,7 @@ class DecisionStage(PartitionedStage):
     async def process(self, messages: Sequence[Message]) -> None:
         """Remember the anomalies of a batch and act on its decisions."""
         await self._baselines({m.tp for m in messages})
-        wall = datetime.now(UTC)
+        wall = self.wall_clock()
         now = time.monotonic()
         store = self.table.data
         touched: dict[bytes, tuple[int, dict[str, Any]]] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -91,7 +91,7 @@ class DedupeStage(PartitionedStage):
     async def process(self, messages: Sequence[Message]) -> None:
         """Add a batch of orders to their fingerprint windows; publish the pairs they make."""
         await self._baselines({m.tp for m in messages})
-        wall = datetime.now(UTC)
+        wall = self.wall_clock()
         wall_us = as_us(wall)
         now = time.monotonic()
         store = self.table.data

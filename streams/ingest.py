@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -118,7 +118,7 @@ class IngestStage(PartitionedStage):
     async def process(self, messages: Sequence[Message]) -> None:
         """Validate, dedupe, link and forward a batch; then persist the touched state."""
         started = time.perf_counter()
-        received_at = datetime.now(UTC)
+        received_at = self.wall_clock()
         out: list[Outgoing] = []
         touched: dict[str, tuple[int, RefState]] = {}
         counts: Counter[tuple[Source, Outcome]] = Counter()
@@ -259,7 +259,7 @@ class IngestStage(PartitionedStage):
         self._ensure_timers()
         out: list[Outgoing] = []
         touched: dict[str, tuple[int, RefState]] = {}
-        await self._mark_watermark(out, as_us(datetime.now(UTC)), touched)
+        await self._mark_watermark(out, as_us(self.wall_clock()), touched)
         await self._produce(out)
         await self._persist(touched, RefState.to_json)
 
@@ -350,7 +350,7 @@ class IngestStage(PartitionedStage):
             return
         self._built_for = generation
         self.source_time.reset()
-        wall_us = as_us(datetime.now(UTC))
+        wall_us = as_us(self.wall_clock())
         store = self.table.data
         for tp in self.assigned():
             latest = store.get(source_time_key(tp.topic, tp.partition))
@@ -372,7 +372,7 @@ class IngestStage(PartitionedStage):
             # Judged before: when it asked to be; never: at its first event.
             self.unlinked.schedule_us(key, ghosts.next_us if state.ghosts else first)
             for entry in ghosts.book.open_entries():  # counted again after a restart
-                self.on_anomaly(entry.anomaly(ref, datetime.now(UTC)))
+                self.on_anomaly(entry.anomaly(ref, self.wall_clock()))
 
     def _dead(
         self,

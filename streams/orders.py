@@ -189,7 +189,7 @@ class OrderStage(PartitionedStage):
             await self._ensure_built()
             await self._baselines({m.tp for m in messages})
             started = time.perf_counter()
-            wall = datetime.now(UTC)
+            wall = self.wall_clock()
             wall_us = as_us(wall)
             now = time.monotonic()
             for msg in messages:
@@ -513,7 +513,7 @@ class OrderStage(PartitionedStage):
             return
         async with self.lock:
             await self._ensure_built()
-            wall = datetime.now(UTC)
+            wall = self.wall_clock()
             before = self.watermark.value_us
             watermark = self.watermark.advance_idle(wall)
             if watermark is None:
@@ -580,7 +580,7 @@ class OrderStage(PartitionedStage):
         resumed = None
         if written and all(w is not None for w in written):
             resumed = min(w["watermark_us"] for w in written if w is not None)
-        self.rebuild(states, datetime.now(UTC), resumed)
+        self.rebuild(states, self.wall_clock(), resumed)
         log.info("per-order state: %d orders on partitions %s", len(states), sorted(mine))
 
     def _held(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,6 +22,11 @@ from streams.produce import BatchProducer, Outgoing
 from streams.rules.continuity import Admit, OffsetContinuity
 
 log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    """The wall clock, aware and in UTC."""
+    return datetime.now(UTC)
 
 
 def raw_key(key: Any) -> bytes:
@@ -51,6 +57,9 @@ class PartitionedStage:
         self.encode_key = encode_key
         self.changelog = table.changelog_topic.get_topic_name()
         self.producer = BatchProducer(app)
+        # Wall time as the stage reads it (received_at, detected_at, the idle rules); the
+        # in-process harness (tests/stage_harness.py) gives the stages a clock it moves.
+        self.wall_clock: Callable[[], datetime] = utc_now
         self.continuity: OffsetContinuity[Any] = OffsetContinuity()
         self._rewinds: dict[Any, tuple[int, str]] = {}
         self._generation: int | None = None

@@ -7,6 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 
+from schemas.anomalies import AnomalyType
+from streams.rules.ghosts import ghost_anomaly_id
+from streams.rules.watermark import as_us, event_time
+
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=CST)
 
@@ -21,6 +25,18 @@ class Feed:
     deadletters: dict[str, int] = field(default_factory=dict)
     resends: int = 0
     held_forever: int = 0
+    latest: datetime | None = None  # the newest event time of a valid event
+    # anomaly id -> (type, order id or reference, when it opens in event time)
+    ghosts: dict[str, tuple[str, str, datetime]] = field(default_factory=dict)
+
+    def anomalies_at(self, watermark: datetime) -> dict[str, tuple[str, str]]:
+        """The anomalies open at `watermark` (none resolves): id -> (type, order)."""
+        return {aid: (t, order) for aid, (t, order, at) in self.ghosts.items() if at <= watermark}
+
+    def settled_watermark(self, allowed_lateness: timedelta = timedelta(minutes=2)) -> datetime:
+        """Event time once every feed is idle: the newest event less the allowed lateness."""
+        assert self.latest is not None
+        return self.latest - allowed_lateness
 
 
 def _event(source: str, ref: str, eid: str, status: str, minute: float, **extra: object) -> dict:
@@ -50,7 +66,9 @@ def _order(i: int) -> dict:
 def build_feed(prefix: str, orders: int) -> Feed:
     """Every order: ERP create+confirm, a CRM thread (held, linked, crosswalked), a WMS event.
 
-    Mixed in: re-sends, CRM references that never get linked, and every bad-input kind.
+    Mixed in: re-sends, CRM references that never get linked, and every bad-input kind. The
+    anomalies it must raise are in `Feed.ghosts`: each order a status_conflict (its CRM moves
+    on, its ERP never does), each never-linked CRM reference an orphan_order; nothing else.
     """
     feed = Feed()
 
@@ -63,6 +81,16 @@ def build_feed(prefix: str, orders: int) -> Feed:
         )
         if expect is not None:
             feed.expected[(event["source"], event["event_id"])] = expect
+        at = event_time(event["occurred_at"])
+        feed.latest = at if feed.latest is None else max(feed.latest, at)
+
+    def ghost(type_: AnomalyType, order: str, trigger: datetime | None, opens: float) -> None:
+        key = "" if trigger is None else str(as_us(trigger))
+        feed.ghosts[ghost_anomaly_id(type_, order, key)] = (
+            type_.value,
+            order,
+            T0 + timedelta(minutes=opens),
+        )
 
     def bad(source: str, key: bytes | None, value: bytes, reason: str) -> None:
         feed.records.append((topic(source), key, value))
@@ -78,14 +106,17 @@ def build_feed(prefix: str, orders: int) -> Feed:
         send(_event("erp", so, f"e{i}-2", "已审核", m + 1), expect=so)
         send(_event("crm", cs, f"c{i}-2", "CONFIRMED", m + 1.5, erp_order_id=so), expect=so)
         send(_event("wms", wm, f"w{i}-1", "已接单", m + 3, erp_order_id=so), expect=so)
-        # Later CRM events rely on the crosswalk.
+        # Later CRM events rely on the crosswalk. From here on the CRM shows the order in
+        # fulfilment and the ERP still open: a status_conflict 30 min on, dated from m + 4.
         send(_event("crm", cs, f"c{i}-3", "处理中", m + 4), expect=so)
+        ghost(AnomalyType.STATUS_CONFLICT, so, T0 + timedelta(minutes=m + 4), m + 34)
         if i % 7 == 0:  # exact re-send of an ERP event (publishing is at-least-once)
             send(create, expect=so)
             feed.resends += 1
-        if i % 50 == 0:  # a CRM ticket with no ERP counterpart, ever
+        if i % 50 == 0:  # a CRM ticket with no ERP counterpart, ever: an orphan at 30 min
             send(_event("crm", f"CS-ORPHAN-{i}", f"o{i}", "新建", m), expect=None)
             feed.held_forever += 1
+            ghost(AnomalyType.ORPHAN_ORDER, f"CS-ORPHAN-{i}", None, m + 30)
         if i % 40 == 1:
             bad("crm", cs.encode(), b'{"event_id": "broken", ', "invalid_json")
         if i % 40 == 2:
@@ -113,7 +144,7 @@ def build_feed(prefix: str, orders: int) -> Feed:
             epoch = _event("wms", wm, f"w{i}-epoch", "PICKING", m + 5, erp_order_id=so)
             epoch["occurred_at"] = (T0 + timedelta(minutes=m + 5)).timestamp()
             send(epoch, expect=so)
-            zulu = _event("crm", cs, f"c{i}-zulu", "已发货", m + 6)
+            zulu = _event("crm", cs, f"c{i}-zulu", "备货中", m + 6)  # still fulfilling
             zulu["occurred_at"] = (
                 (T0 + timedelta(minutes=m + 6)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fz")
             )

@@ -118,9 +118,11 @@ def test_anomalies_fire_and_resolve_in_alertmanager(broker, prefix, tmp_path: Pa
 
 
 async def _until(read: Any, done: Any, within: float = 30.0) -> Any:
+    """`read()` again until `done` holds of its value; the value. Fails with the last one."""
     deadline = time.monotonic() + within
     while True:
         value = await asyncio.to_thread(read)
-        if done(value) or time.monotonic() > deadline:
+        if done(value):
             return value
+        assert time.monotonic() < deadline, f"not done within {within:g} s; last read: {value!r}"
         await asyncio.sleep(0.3)

@@ -88,12 +88,17 @@ def test_ingest_forwards_each_valid_event_once_and_dead_letters_the_rest(
 
 
 def _joined(worker, want: int, within: float = 60.0) -> float:
+    """The events the per-order stage applied, once at least `want`; fails with the count
+    (and the worker's log) if it never gets there."""
     deadline = time.monotonic() + within
     while True:
         text = httpx.get(worker.url("/metrics")).text
         joined = sum(metric_samples(text, "concord_order_events_total").values())
-        if joined >= want or time.monotonic() > deadline:
+        if joined >= want:
             return joined
+        assert time.monotonic() < deadline, (
+            f"{joined:g} of {want} events applied within {within:g} s\n{worker.log_tail()}"
+        )
         time.sleep(0.5)
 
 

@@ -14,9 +14,10 @@ import pytest
 from concord.scenario import ScenarioConfig, encode, generate
 from schemas.privacy import normalize_phone
 from tests.integration.browser import headless_page
-from tests.integration.harness import normalized_events, produce, read_all
+from tests.integration.harness import normalized_events, produce, published_outputs, read_all
 from tests.oracle import expected
 from tests.oracle.contract import to_us
+from tests.outputs import differences
 
 pytestmark = pytest.mark.integration
 
@@ -199,9 +200,14 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     assert "concord_consistency_ratio " in metrics
     assert 'concord_status_refresh_latency_seconds_bucket{le="5.0",target="crm"}' in metrics
 
-    # SIGKILL: the restarted worker rebuilds the same KPIs and views from its state table.
+    # SIGKILL: the restarted worker rebuilds the same KPIs and views from its state table,
+    # and publishes no anomaly or command the uninterrupted run did not: the same ids with
+    # the same final states and content (a repeat of an earlier record is allowed).
     before = httpx.get(worker.url("/kpis"), timeout=10).json()
     view_before = httpx.get(worker.url(f"/orders/{order_id}"), timeout=10).json()
+    outputs_before = asyncio.run(published_outputs(bootstrap, prefix, quiet=True))
+    assert outputs_before.final  # ghosts and duplicates
+    assert outputs_before.commands  # the stalls' stage-3 commands
     worker.kill()
     worker.start()
     after = _wait_for_kpis(
@@ -211,6 +217,9 @@ def test_kpis_match_an_independent_computation_and_orders_answer(broker, spawn, 
     for key in ("watermark", "consistency", "refresh_latency_seconds", "ghost_orders"):
         assert after[key] == before[key], key
     assert httpx.get(worker.url(f"/orders/{order_id}"), timeout=10).json() == view_before
+    outputs_after = asyncio.run(published_outputs(bootstrap, prefix, quiet=True))
+    assert differences(outputs_after, outputs_before) == []
+    print(f"\nSIGKILL: {outputs_after.repeats - outputs_before.repeats} outputs repeated")
 
     # An event far behind the watermark is still applied, and counted as late.
     late = {

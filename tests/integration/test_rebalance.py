@@ -3,15 +3,14 @@
 Every record a stage had taken when its partitions moved is either processed and committed
 by the old owner or delivered again to the new one: nothing is lost, the re-send check keeps
 anything from being forwarded twice, the per-order states written at the hand-over carry on,
-and an order lookup answers on either worker (with the API token, which the routed request
-carries on to the owner).
+an order lookup answers on either worker (with the API token, which the routed request
+carries on to the owner), and the anomalies are exactly those one worker raises alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +18,17 @@ import httpx
 import pytest
 
 from tests.feeds import build_feed
-from tests.integration.harness import WorkerProcess, normalized_events, produce, read_all
+from tests.integration.harness import (
+    SETTLED_EVENT_TIME,
+    WorkerProcess,
+    assert_exactly,
+    event_time_reached,
+    normalized_events,
+    produce,
+    published_outputs,
+    read_all,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,21 +40,6 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 def _population(worker: WorkerProcess) -> int:
     kpis = httpx.get(worker.url("/kpis"), headers=BEARER, timeout=10).json()
     return int(kpis["consistency"]["population"])
-
-
-def _wait_for(what: str, check, workers: list[WorkerProcess], within: float = 120.0) -> None:
-    deadline = time.monotonic() + within
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        if last is True:
-            return
-        time.sleep(1)
-    logs = "\n".join(w.log_tail(30) for w in workers)
-    raise AssertionError(f"{what}: never true (last {last!r})\n{logs}")
 
 
 def _lookups_answer(worker: WorkerProcess, order_ids: list[str]) -> bool:
@@ -67,9 +61,12 @@ def test_a_worker_joining_and_leaving_mid_stream_loses_nothing(
 ):
     bootstrap = f"127.0.0.1:{broker.port}"
     feed = build_feed(prefix, orders=ORDERS)
-    alone = {  # one embedded ClickHouse per data dir; one token for the group
+    # One embedded ClickHouse per data dir; one token for the group; event time settles at
+    # the feed's end.
+    alone = {
         "CONCORD_CLICKHOUSE_ENABLED": "false",
         "CONCORD_API_TOKEN": TOKEN,
+        **SETTLED_EVENT_TIME,
     }
     first = spawn(**alone)
     half = len(feed.records) // 2
@@ -96,21 +93,37 @@ def test_a_worker_joining_and_leaving_mid_stream_loses_nothing(
     assert max(forwarded.values()) == 1  # nothing forwarded twice
 
     both = [first, second]
-    _wait_for(
+    wait_until(
         "each order on exactly one of the two workers",
         lambda: (
             _population(first) + _population(second) == ORDERS
             and min(_population(first), _population(second)) > 0
         ),
-        both,
+        workers=both,
     )
     sample = [f"SO{i:06d}" for i in range(0, ORDERS, 97)]
     for worker in both:  # a lookup of the other worker's order is routed to it
-        _wait_for("every sampled order answers", lambda w=worker: _lookups_answer(w, sample), both)
+        wait_until(
+            "every sampled order answers",
+            lambda w=worker: _lookups_answer(w, sample),
+            workers=both,
+        )
         anonymous = httpx.get(worker.url(f"/orders/{sample[0]}"), timeout=10)
         assert anonymous.status_code == 401
 
     # The second worker leaves: its states, written at the hand-over, come back to the first.
     assert second.stop() == 0
-    _wait_for("the first worker holds every order", lambda: _population(first) == ORDERS, both)
+    wait_until(
+        "the first worker holds every order", lambda: _population(first) == ORDERS, workers=both
+    )
     assert _lookups_answer(first, sample)
+
+    # The anomalies: exactly those the feed plants, as one uninterrupted worker raises them
+    # once event time has reached the feed's end; each opened once and still open (none
+    # raised and resolved around a hand-over), any repeat identical; no command.
+    watermark = feed.settled_watermark()
+    reached = event_time_reached(first, watermark)
+    outputs = asyncio.run(published_outputs(bootstrap, prefix))
+    assert_exactly(outputs, feed.anomalies_at(reached or watermark))
+    assert reached == watermark, "event time stopped short of the feed's end"
+    print(f"\nrebalance audit: {len(outputs.final)} anomalies, {outputs.repeats} repeated")

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import orjson
@@ -13,32 +14,93 @@ import pytest
 
 from sinks.metrics import metric_samples
 from tests.feeds import build_feed
-from tests.integration.harness import normalized_events, produce, read_all
+from tests.integration.harness import (
+    SETTLED_EVENT_TIME,
+    assert_exactly,
+    committed_offsets,
+    event_time_reached,
+    metric_total,
+    normalized_events,
+    produce,
+    published_outputs,
+    read_all,
+    read_to_end,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _sources(prefix: str) -> list[str]:
+    return [f"{prefix}.{source}.events" for source in ("erp", "crm", "wms", "logistics")]
+
+
+def _first_copies(records: list[Any]) -> dict[tuple[str, str], tuple[tuple[str, int], int]]:
+    """(source, event_id) -> (topic, partition) and offset of the event's first copy on its
+    source topic (bad inputs left out)."""
+    first: dict[tuple[str, str], tuple[tuple[str, int], int]] = {}
+    for rec in sorted(records, key=lambda r: r.offset):
+        try:
+            body = orjson.loads(rec.value)
+            key = (body["source"], body["event_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        first.setdefault(key, ((rec.topic, rec.partition), rec.offset))
+    return first
+
+
+def _forwarded_uncommitted(bootstrap: str, prefix: str) -> tuple[set[tuple[str, str]], int, int]:
+    """The events on concord.normalized whose source record is at or past the group's
+    committed offset (processed, not committed), how many have been forwarded, and how
+    many source records the group has committed."""
+    first = _first_copies(asyncio.run(read_to_end(bootstrap, _sources(prefix))))
+    committed = asyncio.run(committed_offsets(bootstrap, prefix, _sources(prefix)))
+    forwarded = normalized_events(asyncio.run(read_to_end(bootstrap, [f"{prefix}.normalized"])))
+    keys = {(body["source"], body["event_id"]) for _, body in forwarded}
+    return {k for k in keys if k in first and first[k][1] >= committed.get(first[k][0], 0)}
 
 
 def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
     bootstrap = f"127.0.0.1:{broker.port}"
     feed = build_feed(prefix, orders=3000)
-    first = spawn()
+    first = spawn(**SETTLED_EVENT_TIME)
 
     publisher = threading.Thread(target=lambda: asyncio.run(produce(bootstrap, feed.records)))
     publisher.start()
-    # Kill once part of the stream is through, while the rest is still arriving.
-    asyncio.run(
-        read_all(
-            bootstrap,
-            [f"{prefix}.normalized"],
-            until=lambda rs: len(normalized_events(rs)) >= 3000,
+
+    # Kill once part of the stream is through and committed and both kinds of anomaly were
+    # raised (the restart must carry them on), while the rest is still arriving, at a moment
+    # the worker has forwarded events it has not committed yet.
+    # (Read cheaply: more events forwarded than source records committed means some were
+    # processed past the committed offsets; exactly which is read after the kill.)
+    def interrupted() -> bool:
+        normalized = asyncio.run(read_to_end(bootstrap, [f"{prefix}.normalized"]))
+        forwarded = len(normalized_events(normalized))
+        committed = sum(
+            asyncio.run(committed_offsets(bootstrap, prefix, _sources(prefix))).values()
         )
-    )
+        if forwarded < 3000 or not 0 < committed < forwarded:
+            return False
+        raised = asyncio.run(published_outputs(bootstrap, prefix)).final.values()
+        return {a["type"] for a in raised} == {"status_conflict", "orphan_order"}
+
+    wait_until("forwarded events not committed yet", interrupted, workers=[first])
     killed_at = datetime.now(UTC)
     first.kill()
+    sent_before = len(asyncio.run(read_to_end(bootstrap, _sources(prefix))))  # about
     publisher.join()
-
-    spawn()
     assert first.process.returncode != 0  # it was killed, not stopped
+
+    # Where the group's offsets stand now is where the next worker resumes: the events the
+    # killed worker forwarded past there were processed and not committed.
+    uncommitted = _forwarded_uncommitted(bootstrap, prefix)
+    raised_before = asyncio.run(published_outputs(bootstrap, prefix)).final
+    assert uncommitted, "the kill interrupted nothing: every forwarded event was committed"
+    committed = asyncio.run(committed_offsets(bootstrap, prefix, _sources(prefix)))
+    source_records = asyncio.run(read_to_end(bootstrap, _sources(prefix)))
+    redelivered = sum(r.offset >= committed.get((r.topic, r.partition), 0) for r in source_records)
+
+    second = spawn(**SETTLED_EVENT_TIME)
     topics = [f"{prefix}.normalized", f"{prefix}.deadletter"]
 
     def complete(records) -> bool:
@@ -49,8 +111,16 @@ def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
         return ids >= set(feed.expected)
 
     asyncio.run(read_all(bootstrap, topics, until=complete, within=120))
+    # The restarted worker was handed every source record from the committed offsets on,
+    # the interrupted ones among them, each once.
+    wait_until(
+        f"the restarted worker takes the {redelivered} records past the committed offsets",
+        lambda: metric_total(second, "concord_events_total") >= redelivered,
+        workers=[second],
+    )
     time.sleep(2.0)
     records = asyncio.run(read_all(bootstrap, topics))
+    assert metric_total(second, "concord_events_total") == redelivered
 
     seen: dict[tuple[str, str], list[dict]] = {}
     dead_offsets: dict[tuple[str, int, int], str] = {}
@@ -77,7 +147,21 @@ def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
     for reason in dead_offsets.values():
         reasons[reason] = reasons.get(reason, 0) + 1
     assert reasons == feed.deadletters
-    print(f"\nrestart audit: {len(seen)} events, {len(doubled)} re-sent after SIGKILL")
+
+    # The anomalies: exactly those the feed plants, as an uninterrupted run raises them once
+    # event time has reached the feed's end; each opened once and still open (none raised
+    # and resolved), any repeat identical; no command.
+    watermark = feed.settled_watermark()
+    reached = event_time_reached(second, watermark)
+    outputs = asyncio.run(published_outputs(bootstrap, prefix))
+    assert_exactly(outputs, feed.anomalies_at(reached or watermark))
+    assert reached == watermark, "event time stopped short of the feed's end"
+    print(
+        f"\nrestart audit: {len(seen)} events, {len(uncommitted)} forwarded and not committed "
+        f"at the kill, {redelivered} records redelivered, {len(doubled)} events re-sent, "
+        f"{len(raised_before)} anomalies raised before the kill, {outputs.repeats} repeated, "
+        f"{sent_before} of {len(feed.records)} records published at the kill"
+    )
 
 
 def test_restarted_worker_remembers_every_reference(broker, spawn, prefix):

@@ -18,12 +18,12 @@ from schemas.anomalies import (
     Severity,
     Team,
 )
+from schemas.settings import Settings
 from schemas.stages import PHASE_OF, Source, Stage
+from streams.orders import OrderStage
 from streams.rules.freshness import CaughtUp, FreshnessSettings, SourceFreshness
-from streams.rules.ghosts import GhostRules, GhostState, TimerWheel
 from streams.rules.lifecycle import apply_decision
-from streams.rules.order_state import OrderJoin, OrderState
-from tests.phones import PHONES
+from tests.stage_harness import Pipeline
 
 T0 = datetime(2025, 12, 12, 2, 0, tzinfo=UTC)
 SEC = timedelta(seconds=1)
@@ -209,16 +209,13 @@ def test_freshness_settings_are_validated() -> None:
 # --- the whole story: a silent CRM, held flags, the CRM back ---------------------------------
 
 
-JOIN = OrderJoin(PHONES)
-RULES = GhostRules()
-
-
-def _event(source: Source, stage: Stage, order_id: str, t: timedelta) -> dict[str, Any]:
+def _event(source: Source, stage: Stage, order_id: str, t: timedelta, n: int = 0) -> dict[str, Any]:
     return {
-        "event_id": f"{source.value}-{order_id}-{stage.value}",
+        "event_id": f"{source.value}-{order_id}-{stage.value}-{n}",
         "source": source.value,
         "order_ref": order_id if source is ERP else f"C-{order_id}",
         "erp_order_id": order_id,
+        "order_id": order_id,
         "status": stage.value.upper(),
         "occurred_at": at(t).isoformat(),
         "stage": stage.value,
@@ -226,86 +223,81 @@ def _event(source: Source, stage: Stage, order_id: str, t: timedelta) -> dict[st
     }
 
 
-class _Pipeline:
-    """The wiring in miniature: per event, per minute of wall time; event time = wall time."""
+# What other orders' traffic looks like: events of one order that none of them disturbs.
+_TRAFFIC = {ERP: Stage.CONFIRMED, CRM: Stage.CONFIRMED, WMS: Stage.ALLOCATED, LOG: Stage.IN_TRANSIT}
+
+
+class _Worker:
+    """The worker's per-order stage in-process (tests/stage_harness.py), event time kept at
+    wall time: every move of the wall clock is preceded by a watermark mark at the new time."""
 
     def __init__(self) -> None:
-        self.fresh = SourceFreshness()
-        self.wheel = TimerWheel()
-        self.states: dict[str, OrderState] = {}
-        self.ghosts: dict[str, GhostState] = {}
-        self.out: list[Anomaly] = []
+        settings = Settings(topic_partitions=1, clickhouse_enabled=False)
+        self.pipeline = Pipeline(settings, wall=at(-MIN))
+        self.sent = 0
 
-    def look(self, order_id: str, now: datetime) -> None:
-        outcome = RULES.evaluate(
-            self.states[order_id], self.ghosts[order_id], now, now, self.fresh.silent
-        )
-        self.out += [e for e in outcome.emits if isinstance(e, Anomaly)]
-        self.wheel.schedule(order_id, outcome.next_deadline)
-        for source in outcome.held:
-            self.wheel.hold(order_id, source)
+    @property
+    def stage(self) -> OrderStage:
+        return self.pipeline.stages.orders
 
-    def timers(self, watermark: datetime) -> None:
-        while due := self.wheel.due(watermark):
-            for order_id, when in due:
-                self.look(order_id, when)
+    def move_to(self, t: timedelta) -> None:
+        """Event time, then the wall clock to T0 + t (the stage's 1-second timers run)."""
+        self.pipeline.publish_watermark(at(t))
+        self.pipeline.run()
+        self.pipeline.advance_wall_to(at(t))
 
-    def event(self, body: dict[str, Any], wall: datetime) -> None:
-        when = datetime.fromisoformat(body["occurred_at"])
-        watermark = max(wall, when)
-        self.timers(watermark)
-        back = self.fresh.observe(Source(body["source"]), when, wall, event_id=body["event_id"])
-        if back is not None:
-            if back.anomaly is not None:
-                self.out.append(back.anomaly)
-            self.wheel.release(back.source, watermark)
-        order_id = body["erp_order_id"]
-        self.states.setdefault(order_id, OrderState(order_id))
-        self.ghosts.setdefault(order_id, GhostState.new(order_id))
-        JOIN.apply(self.states[order_id], body)
-        self.look(order_id, watermark)
-        self.timers(watermark)
+    def send(self, *events: dict[str, Any]) -> None:
+        """Events into the stage, now."""
+        self.pipeline.publish_normalized(events)
+        self.pipeline.run()
 
-    def tick(self, wall: datetime) -> None:
-        self.out += self.fresh.check(wall, wall)
-        self.timers(wall)
+    def traffic(self, sources: tuple[Source, ...], t: timedelta) -> None:
+        """Other orders' events from `sources` at T0 + t."""
+        for source in sources:
+            self.sent += 1
+            self.send(_event(source, _TRAFFIC[source], "SO-0", t, n=self.sent))
+
+    def anomalies(self) -> list[Anomaly]:
+        return [Anomaly.model_validate(a) for a in self.pipeline.anomalies()]
 
 
 def test_a_silent_crm_is_one_anomaly_and_held_flags_fire_only_if_still_true() -> None:
-    p = _Pipeline()
-    p.event(_event(CRM, Stage.PLACED, "SO-0", 0 * MIN), at(0 * MIN))  # the CRM's last sign
+    w = _Worker()
+    w.move_to(0 * MIN)
+    w.send(_event(CRM, Stage.PLACED, "SO-0", 0 * MIN))  # the CRM's last sign
     orders = [f"SO-{i}" for i in range(1, 6)]
     for minute in range(60):
         now = minute * MIN
+        w.move_to(now)
         if 1 <= minute <= 5:  # five new orders; the CRM connector is down
-            p.event(_event(ERP, Stage.PLACED, orders[minute - 1], now), at(now))
+            w.send(_event(ERP, Stage.PLACED, orders[minute - 1], now))
         flowing = (ERP, WMS, LOG) if minute <= 40 else (ERP, CRM, WMS, LOG)
-        for source in flowing:  # other orders' traffic
-            p.fresh.observe(source, at(now), at(now))
-            p.fresh.observe(source, at(now + 30 * SEC), at(now + 30 * SEC))
+        w.traffic(flowing, now)
         if minute == 30:  # every order is past its 15 min, and parked rather than flagged
-            assert p.wheel.held(CRM) == frozenset(orders)
-            assert [a.type for a in p.out] == [AnomalyType.SOURCE_SILENT]
+            assert w.stage.wheel.held(CRM) == frozenset(orders)
+            assert [a.type for a in w.anomalies()] == [AnomalyType.SOURCE_SILENT]
         if minute == 40:
             # The connector is back and replays its backlog, then live events. The CRM never
             # got SO-5, so that one is a true ghost.
             for i, order_id in enumerate(orders[:4], 1):
-                p.event(_event(CRM, Stage.PLACED, order_id, (i + 1) * MIN), at(now))
-            p.event(_event(CRM, Stage.CONFIRMED, "SO-0", now), at(now))
-        p.tick(at(now + 30 * SEC))
+                w.send(_event(CRM, Stage.PLACED, order_id, (i + 1) * MIN))
+            w.send(_event(CRM, Stage.CONFIRMED, "SO-0", now))
+        w.move_to(now + 30 * SEC)
+        w.traffic(flowing, now + 30 * SEC)
 
-    silent = [a for a in p.out if a.type is AnomalyType.SOURCE_SILENT]
+    out = w.anomalies()
+    silent = [a for a in out if a.type is AnomalyType.SOURCE_SILENT]
     assert [(a.state, a.systems) for a in silent] == [
         (AnomalyState.OPEN, ["crm"]),
         (AnomalyState.RESOLVED, ["crm"]),
     ]
     assert silent[1].resolved_at == at(40 * MIN)
-    missing = [a for a in p.out if a.type is AnomalyType.MISSING_IN_SYSTEM]
+    missing = [a for a in out if a.type is AnomalyType.MISSING_IN_SYSTEM]
     # Held while the CRM was down, SO-1..4 converged from the backlog and never fired; SO-5
     # fired when the CRM caught up, opened at its own deadline.
     assert [(a.order_id, a.state, a.opened_at) for a in missing] == [
         ("SO-5", AnomalyState.OPEN, at(20 * MIN))
     ]
-    assert missing[0].detected_at == at(40 * MIN)
-    assert p.wheel.held(CRM) == frozenset()
-    assert p.fresh.silent == frozenset()
+    assert missing[0].detected_at == at(40 * MIN + SEC)  # at the stage's next 1-second timer
+    assert w.stage.wheel.held(CRM) == frozenset()
+    assert w.stage.freshness.silent == frozenset()

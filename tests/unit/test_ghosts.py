@@ -22,6 +22,7 @@ from schemas.anomalies import (
     Team,
 )
 from schemas.routing import RoutingTable
+from schemas.settings import Settings
 from schemas.stages import PHASE_OF, Marker, Source, Stage
 from streams.rules.ghosts import (
     Due,
@@ -37,6 +38,7 @@ from streams.rules.ghosts import (
 )
 from streams.rules.order_state import OrderJoin, OrderState
 from tests.phones import PHONES
+from tests.stage_harness import Pipeline
 
 T0 = datetime(2025, 12, 12, 10, 0, tzinfo=UTC)
 WALL = datetime(2025, 12, 12, 10, 0, 7, tzinfo=UTC)
@@ -57,6 +59,8 @@ DETAILS: dict[str, Any] = {
     "customer_id": "C-0042137",
     "channel": "douyin",
     "lines": [{"sku": "BRK-PAD-001", "qty": 2, "unit_price": "129.00"}],
+    "amount": "258.00",
+    "currency": "CNY",
     "vip": False,
     "priority": "normal",
 }
@@ -919,36 +923,32 @@ def _stories(draw: st.DrawFn) -> list[tuple[str, Source, Stage | Marker, int]]:
     return evs
 
 
-def _simulate(
-    evs: Sequence[tuple[str, Source, Stage | Marker, int]], *, scan: bool
-) -> tuple[set[tuple[Any, ...]], set[str]]:
-    """Run the rules over a history; `scan` evaluates every order at every grid instant."""
-    states = {o: OrderState(o) for o in ORDERS}
-    ghosts = {o: GhostState.new(o) for o in ORDERS}
-    wheel = TimerWheel()
-    emitted: list[Emit] = []
+History = Sequence[tuple[str, Source, Stage | Marker, int]]  # (order, source, what, grid step)
+
+
+def _bodies(evs: History) -> dict[int, list[dict[str, Any]]]:
+    """The normalised events of a history, by grid step."""
     by_step: dict[int, list[dict[str, Any]]] = {}
     for i, (order, source, what, step) in enumerate(evs):
         body = event(source, what, step * STEP, n=i, order_id=order)
-        by_step.setdefault(step, []).append(body)
+        by_step.setdefault(step, []).append({**body, "order_id": order})
+    return by_step
 
-    def look(order: str, now: datetime) -> None:
-        outcome = RULES.evaluate(states[order], ghosts[order], now, WALL)
-        emitted.extend(outcome.emits)
-        wheel.schedule(order, outcome.next_deadline)
 
+def _scan(evs: History) -> tuple[set[tuple[Any, ...]], set[str]]:
+    """The reference: the rules on every order at every grid instant, no timers."""
+    states = {o: OrderState(o) for o in ORDERS}
+    ghosts = {o: GhostState.new(o) for o in ORDERS}
+    emitted: list[Emit] = []
+    by_step = _bodies(evs)
     for step in range(HORIZON + 1):
         now = T0 + step * STEP
-        if scan:
-            for order in ORDERS:
-                look(order, now)
-        else:
-            while due := wheel.due(now):
-                for order, at in due:
-                    look(order, at)
+        for order in ORDERS:
+            emitted += RULES.evaluate(states[order], ghosts[order], now, WALL).emits
         for body in by_step.get(step, ()):
-            JOIN.apply(states[body["erp_order_id"]], body)
-            look(body["erp_order_id"], now)
+            order = body["order_id"]
+            JOIN.apply(states[order], body)
+            emitted += RULES.evaluate(states[order], ghosts[order], now, WALL).emits
     anomalies_seen = {
         (a.anomaly_id, a.state, a.severity, a.opened_at, a.resolved_at)
         for a in emitted
@@ -957,15 +957,31 @@ def _simulate(
     return anomalies_seen, {c.command_id for c in emitted if isinstance(c, Command)}
 
 
+def _through_the_stage(evs: History) -> tuple[set[tuple[Any, ...]], set[str]]:
+    """The same history through the worker's per-order stage (its timer wheel, its loop),
+    in-process: at every grid instant a watermark mark, then that instant's events."""
+    pipeline = Pipeline(Settings(topic_partitions=1, clickhouse_enabled=False))
+    by_step = _bodies(evs)
+    for step in range(HORIZON + 1):
+        pipeline.publish_watermark(T0 + step * STEP)
+        pipeline.publish_normalized(by_step.get(step, ()))
+    pipeline.run()
+    anomalies_seen = {
+        (a.anomaly_id, a.state, a.severity, a.opened_at, a.resolved_at)
+        for a in map(Anomaly.model_validate, pipeline.anomalies())
+    }
+    return anomalies_seen, {c["command_id"] for c in pipeline.commands()}
+
+
 @settings(max_examples=60, deadline=None)
 @given(evs=st.one_of(_events, _stories()))
-def test_timers_give_the_same_anomalies_as_a_scan(
+def test_the_stage_timers_give_the_same_anomalies_as_a_scan(
     evs: list[tuple[str, Source, Stage | Marker, int]],
 ) -> None:
-    assert _simulate(evs, scan=False) == _simulate(evs, scan=True)
+    assert _through_the_stage(evs) == _scan(evs)
 
 
-def test_timers_and_scan_agree_on_a_full_story() -> None:
+def test_the_stage_and_a_scan_agree_on_a_full_story() -> None:
     story = [
         ("SO-A", ERP, Stage.PLACED, 0),
         ("SO-A", ERP, Stage.ALLOCATED, 2),
@@ -976,9 +992,9 @@ def test_timers_and_scan_agree_on_a_full_story() -> None:
         ("SO-B", CRM, Stage.PLACED, 10),  # an orphan
         ("SO-B", WMS, Stage.ALLOCATED, 30),
     ]
-    timers, scan = _simulate(story, scan=False), _simulate(story, scan=True)
-    assert timers == scan
-    seen, command_ids = timers
+    stage, scan = _through_the_stage(story), _scan(story)
+    assert stage == scan
+    seen, command_ids = stage
     # missing in CRM and WMS, a conflict, an orphan, two stalls
     assert len({a[0] for a in seen}) == 6
     assert len(command_ids) == 2 * 2  # two stalls, two commands each
