@@ -291,10 +291,10 @@ class Breaker:
         latest = _floor(watermark, step)
         if self._last is not None:
             instant = _floor(self._last, step) + step
-        elif counts.buckets:
+        elif minutes := counts.minutes():
             # The first tick starts with the first instant that sees the earliest count, so a
             # replayed day is evaluated from its beginning, not from where its first batch ended.
-            instant = min(latest, _floor(EPOCH + MINUTE * min(counts.buckets), step) + step)
+            instant = min(latest, _floor(EPOCH + MINUTE * min(minutes), step) + step)
         else:
             instant = latest
         emits: list[Emit] = []
@@ -553,7 +553,7 @@ def _first_seeing(
     # The first aligned instant from which a window [at - window, at) sees the earliest count
     # the window of `instant` may see; far future when there is none.
     start = (utc(instant) - EPOCH) // MINUTE - window // MINUTE
-    counted = min((m for m in counts.buckets if m >= start), default=None)
+    counted = min((m for m in counts.minutes() if m >= start), default=None)
     if counted is None:
         return datetime.max.replace(tzinfo=UTC)
     return _floor(EPOCH + MINUTE * counted, step) + step
