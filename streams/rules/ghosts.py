@@ -50,8 +50,12 @@ catches up (`TimerWheel.release`): the flags then fire if still true.
 **As of `now`.** Every rule judges the order as its events with `occurred_at <= now` show
 it (`OrderState.as_of`), never its latest state: when one source's backlog holds the watermark
 back while the others are read far ahead, a deadline at T still sees the order as it stood at
-T. The next evaluation asked for is the earlier of the rules' next deadline and the order's
-next event already applied but later than `now`. An order is never judged at an earlier time
+T. Events that waited in ingest for their reference's link (or, the ERP's, for the order's
+details) count from the event that released them (`SystemView.known_us`): before then the
+order is judged without them, and a rule they make true holds from then at the earliest
+(its `opened_at` is not dated before anyone could know). The next evaluation asked for is
+the earlier of the rules' next deadline and the next instant from which an event already
+applied counts. An order is never judged at an earlier time
 than it was last judged (`GhostState.judged_us`): a late event or a timer rebuilt after a
 restart is judged at that time instead.
 
@@ -60,7 +64,8 @@ Wiring, per event for order X (watermark `wm`; `silent` from freshness):
     for due in wheel.due(wm) until empty:      # before applying the event
         evaluate(due.order_id, now=due.at)     # each at its own deadline
     join.apply(state_X, event)
-    if event time > wm: wheel.schedule_by(X, event time)   # judged once time reaches it
+    t = counts_from_us(event)                  # its time, or its link's if it waited
+    if t > wm: wheel.schedule_by(X, t)         # judged once time reaches it
     else: out = rules.evaluate(state_X, ghosts_X, wm, wall, silent)   # a late event
         wheel.schedule(X, out.next_deadline); for s in out.held: wheel.hold(X, s)
 

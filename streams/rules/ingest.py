@@ -16,6 +16,13 @@ events of one order may arrive out of order. When the details come, the waiting 
 forwarded after the event carrying them, in event-time order; one that waited
 `details_wait` of event time in vain is taken out by `expire_waiting`, to be dead-lettered
 `missing_order` with its original bytes.
+
+What waited counts for the order from the event that released it: `RefState.since_us` is the
+event time of the reference's earliest event read that names its order (the ERP's: that
+carries its details), and every event forwarded dated before it carries `linked_us`. The
+events a reference held until its link stay in `RefState.unlinked` until event time reaches
+the link, judged meanwhile as the reference's own (its orphan_order, which the link
+resolves at its own time however early it was read).
 """
 
 from __future__ import annotations
