@@ -77,6 +77,13 @@ def _table_value(value: Any) -> Any:
     return value.to_json() if isinstance(value, RefState) else value
 
 
+def _unlinked_events(state: RefState) -> tuple[list[dict[str, Any]], int | None]:
+    # What a reference is judged on as unlinked, and its link's event time once it came.
+    if state.link is None:
+        return state.held, None
+    return state.unlinked, state.since_us
+
+
 def envelope(events: Sequence[bytes]) -> bytes:
     """`{"events": [...]}` of events already encoded: the bytes orjson.dumps would give."""
     return b'{"events":[' + b",".join(events) + b"]}"
@@ -160,8 +167,11 @@ class IngestStage(PartitionedStage):
                     self.awaiting_details.schedule_us(key, self.rules.details_deadline_us(state))
                 elif len(state.held) == 1:
                     self.unlinked.schedule_us(key, event_us)
-            elif state.ghosts:
-                self._linked(key, state, decoded.occurred_at, received_at, out)
+            elif state.unlinked:
+                # Linked: judged as the reference's own until event time reaches the link
+                # (an earlier event that brings it, read later, moves the link earlier).
+                assert state.since_us is not None  # set by the event that brought the link
+                self.unlinked.schedule_by_us(key, state.since_us)
             elif key in self.awaiting_details:  # the details came: the waiting went with them
                 self.awaiting_details.cancel(key)
             # Encoded at once: the dicts are garbage now, not alive through the batch.
@@ -270,22 +280,27 @@ class IngestStage(PartitionedStage):
         out: list[Outgoing],
         touched: dict[str, tuple[int, RefState]],
     ) -> None:
-        # References still waiting for a link when their timer comes up: the ghost rules
-        # (orphan_order after `orphan_after`) on what they hold.
+        # References unlinked as of their timer's event time: the ghost rules (orphan_order
+        # after `orphan_after`) on what they held, until event time reaches their link.
         store = self.table.data
         while due := self.unlinked.due(watermark):
             for key, at in due:
                 held = touched.get(key)
                 state = held[1] if held else RefState.from_json(store.get(key))
-                if state.link is not None or not state.held:
+                events, link_us = _unlinked_events(state)
+                if not events:
                     continue
                 source_name, ref = key.split("|", 1)
                 ghosts = GhostState.from_json(state.ghosts, ref)
                 outcome = evaluate_unlinked(
-                    self.ghost_rules, self.join, ref, state.held, ghosts, at, wall
+                    self.ghost_rules, self.join, ref, events, ghosts, at, wall, link_us
                 )
                 self.unlinked.schedule_us(key, outcome.next_us)
-                state.ghosts = None if ghosts.is_empty else ghosts.to_json()
+                if link_us is not None and outcome.next_us is None:
+                    state.unlinked = []  # judged up to its link: done
+                    state.ghosts = None
+                else:
+                    state.ghosts = None if ghosts.is_empty else ghosts.to_json()
                 if held is None:
                     topic = self.topics.sources[Source(source_name)]
                     touched[key] = (await self.producer.key_partition(topic, ref.encode()), state)
@@ -311,21 +326,6 @@ class IngestStage(PartitionedStage):
                     out.append(self._dead(topic, waited.origin, waited.raw, rejection, received_at))
                 if expired and entry is None:
                     touched[key] = (expired[0].origin.partition, state)
-
-    def _linked(
-        self,
-        key: str,
-        state: RefState,
-        at: datetime,
-        wall: datetime,
-        out: list[Outgoing],
-    ) -> None:
-        # The reference got its ERP order: its orphan_order, if one opened, resolves.
-        ghosts = GhostState.from_json(state.ghosts, key.split("|", 1)[1])
-        for anomaly in ghosts.book.resolve_all(at, wall, "linked"):
-            out += self._anomalies(anomaly)
-        state.ghosts = None
-        self.unlinked.cancel(key)
 
     def _anomalies(self, anomaly: Anomaly) -> list[Outgoing]:
         self.on_anomaly(anomaly)
@@ -361,16 +361,21 @@ class IngestStage(PartitionedStage):
         for key, raw in store.items():
             if key.startswith(SOURCE_TIME_PREFIX):
                 continue
-            state = RefState.from_json(raw) if isinstance(raw, dict) else None
-            if state is not None and state.waiting:
+            if not isinstance(raw, dict):
+                continue
+            state = RefState.from_json(raw)
+            if state.waiting:
                 self.awaiting_details.schedule_us(key, self.rules.details_deadline_us(state))
-            if state is None or state.link is not None or not state.held:
+            events, link_us = _unlinked_events(state)
+            if not events:
                 continue
             ref = key.split("|", 1)[1]
             ghosts = GhostState.from_json(state.ghosts, ref)
-            first = min(occurred_us(e) for e in state.held)
-            # Judged before: when it asked to be; never: at its first event.
-            self.unlinked.schedule_us(key, ghosts.next_us if state.ghosts else first)
+            # Judged before: when it asked to be; never: at its first event; by its link.
+            due = ghosts.next_us if state.ghosts else min(occurred_us(e) for e in events)
+            if link_us is not None and (due is None or link_us < due):
+                due = link_us
+            self.unlinked.schedule_us(key, due)
             for entry in ghosts.book.open_entries():  # counted again after a restart
                 self.on_anomaly(entry.anomaly(ref, self.wall_clock()))
 

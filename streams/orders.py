@@ -45,6 +45,7 @@ from streams.rules.order_state import (
     OrderJoin,
     OrderState,
     Outcome,
+    counts_from_us,
     is_evictable,
     observations_of,
 )
@@ -244,7 +245,10 @@ class OrderStage(PartitionedStage):
         )
         watermark = self.watermark.value
         watermark_us = self.watermark.value_us
-        if watermark_us is not None and event_us < watermark_us:
+        # From when the event counts for its order: its own time, or, if it waited in ingest
+        # for its reference's link (or its order's details), the event that released it.
+        known_us = counts_from_us(body, event_us)
+        if watermark_us is not None and known_us < watermark_us:
             self._late[source] += 1  # applied all the same; timers already past may fire late
         if caught is not None:
             self.wheel.release(caught.source, watermark or from_us(event_us))
@@ -263,7 +267,8 @@ class OrderStage(PartitionedStage):
             return
         intake = order_intake(entry.state, reserving)
         if intake != had_intake:
-            self._intake.setdefault(partition, IntakeCounts()).move(had_intake, intake)
+            # From the event's own time on: an evaluation before it sees the order as it was.
+            self._intake.setdefault(partition, IntakeCounts()).move(had_intake, intake, known_us)
         if had_facts is None and entry.state.facts is not None:
             # The order's details, once, to the dedupe stage keyed by their fingerprint.
             self._out.append(
@@ -281,14 +286,14 @@ class OrderStage(PartitionedStage):
         phone = entry.state.facts.phone_hash if entry.state.facts else None
         if phone != had_phone:
             self._index_phone(entry.state.order_id, had_phone, phone)
-        if watermark_us is None or event_us > watermark_us:
+        if watermark_us is None or known_us > watermark_us:
             # The rules judge the order at event times the watermark has passed, on what was
             # true then (OrderState.as_of): this event counts once event time reaches it, so
             # the same events give the same anomalies however far ahead they were read.
             ghosts = entry.ghosts
-            if ghosts.next_us is None or event_us < ghosts.next_us:
-                ghosts.next_us = event_us
-            self.wheel.schedule_by_us(entry.state.order_id, event_us)
+            if ghosts.next_us is None or known_us < ghosts.next_us:
+                ghosts.next_us = known_us
+            self.wheel.schedule_by_us(entry.state.order_id, known_us)
         else:
             self._evaluate(entry, watermark, wall)  # a late event: judged where time is
 

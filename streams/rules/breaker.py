@@ -35,9 +35,12 @@ An order's counts are a function of its per-order state, and that state is a fun
 the set of its events (each field a min or max over them), so the counts do not depend on
 arrival order, batching or re-sends. The orders stage reads them (`order_intake`) before
 and after each event and, when they changed, moves the order in its delta
-(`IntakeCounts.move`: -1 where it counted, +1 where it counts now). Summed over all deltas
-every order is in exactly one bucket per figure, where its final state puts it; the buckets
-an evaluation sees hold the orders as their events had arrived by then. Counting once at an
+(`IntakeCounts.move`: -1 where it counted, +1 where it counts now), from the event time of
+the event that moved it. Summed over all deltas every order is in exactly one bucket per
+figure, where its final state puts it; an evaluation at instant I sees each order as its
+events up to I put it, however far ahead of I the rest were read (a move into an earlier
+minute than its cause, such as a success a later short pick takes back, waits in
+`IntakeCounts.later` for the evaluations from its cause on). Counting once at an
 order's first outcome, with no correction, was the alternative: no negative counts, but the
 count would follow the first event to *arrive* (a retry's success arriving before the
 failure it retried would count a success for good). An event re-applied after a crash to a
@@ -291,10 +294,10 @@ class Breaker:
         latest = _floor(watermark, step)
         if self._last is not None:
             instant = _floor(self._last, step) + step
-        elif counts.buckets:
+        elif minutes := counts.minutes():
             # The first tick starts with the first instant that sees the earliest count, so a
             # replayed day is evaluated from its beginning, not from where its first batch ended.
-            instant = min(latest, _floor(EPOCH + MINUTE * min(counts.buckets), step) + step)
+            instant = min(latest, _floor(EPOCH + MINUTE * min(minutes), step) + step)
         else:
             instant = latest
         emits: list[Emit] = []
@@ -553,7 +556,7 @@ def _first_seeing(
     # The first aligned instant from which a window [at - window, at) sees the earliest count
     # the window of `instant` may see; far future when there is none.
     start = (utc(instant) - EPOCH) // MINUTE - window // MINUTE
-    counted = min((m for m in counts.buckets if m >= start), default=None)
+    counted = min((m for m in counts.minutes() if m >= start), default=None)
     if counted is None:
         return datetime.max.replace(tzinfo=UTC)
     return _floor(EPOCH + MINUTE * counted, step) + step

@@ -50,8 +50,12 @@ catches up (`TimerWheel.release`): the flags then fire if still true.
 **As of `now`.** Every rule judges the order as its events with `occurred_at <= now` show
 it (`OrderState.as_of`), never its latest state: when one source's backlog holds the watermark
 back while the others are read far ahead, a deadline at T still sees the order as it stood at
-T. The next evaluation asked for is the earlier of the rules' next deadline and the order's
-next event already applied but later than `now`. An order is never judged at an earlier time
+T. Events that waited in ingest for their reference's link (or, the ERP's, for the order's
+details) count from the event that released them (`SystemView.known_us`): before then the
+order is judged without them, and a rule they make true holds from then at the earliest
+(its `opened_at` is not dated before anyone could know). The next evaluation asked for is
+the earlier of the rules' next deadline and the next instant from which an event already
+applied counts. An order is never judged at an earlier time
 than it was last judged (`GhostState.judged_us`): a late event or a timer rebuilt after a
 restart is judged at that time instead.
 
@@ -60,7 +64,8 @@ Wiring, per event for order X (watermark `wm`; `silent` from freshness):
     for due in wheel.due(wm) until empty:      # before applying the event
         evaluate(due.order_id, now=due.at)     # each at its own deadline
     join.apply(state_X, event)
-    if event time > wm: wheel.schedule_by(X, event time)   # judged once time reaches it
+    t = counts_from_us(event)                  # its time, or its link's if it waited
+    if t > wm: wheel.schedule_by(X, t)         # judged once time reaches it
     else: out = rules.evaluate(state_X, ghosts_X, wm, wall, silent)   # a late event
         wheel.schedule(X, out.next_deadline); for s in out.held: wheel.hold(X, s)
 
@@ -326,17 +331,30 @@ def evaluate_unlinked(
     ghosts: GhostState,
     now: datetime,
     detected_at: datetime,
+    link_us: int | None = None,
 ) -> GhostOutcome:
-    """The ghost rules on a source reference no ERP order is linked to yet.
+    """The ghost rules on a source reference no ERP order is linked to (yet, as of `now`).
 
     Ingest holds such a reference's events until a link arrives; they are joined here into an
     order named after the reference, so `orphan_order` opens once it has waited `orphan_after`
-    (its id, summary and routing as for any order). When the link comes, ingest resolves it.
+    (its id, summary and routing as for any order). `link_us` is the event time of its link,
+    once one was read: before it the reference is judged as unlinked (ingest reads ahead of
+    event time, so a link can be read before the reference's deadlines come up); at or after
+    it, its orphan, if open, resolves at the link (or where it was last judged, for a link
+    read behind event time) and nothing more is asked.
     """
+    if link_us is not None and as_us(now) >= link_us:
+        resolved = max(link_us, ghosts.judged_us or link_us)
+        emits: list[Emit] = [*ghosts.book.resolve_all(resolved, detected_at, "linked")]
+        return GhostOutcome(emits, None)
     state = OrderState(order_id=ref)
     for event in held:
-        join.apply(state, {**event, "order_id": ref})
-    return rules.evaluate(state, ghosts, now, detected_at)
+        # As the reference's own: from their own times (not from the link, once it came).
+        join.apply(state, {**event, "order_id": ref, "linked_us": None})
+    outcome = rules.evaluate(state, ghosts, now, detected_at)
+    if link_us is not None and (outcome.next_us is None or outcome.next_us > link_us):
+        outcome.next_us = link_us
+    return outcome
 
 
 def ghost_anomaly_id(type_: AnomalyType, order_id: str, trigger: str) -> str:
@@ -647,6 +665,13 @@ def _scope_entry(erp: SystemView, source: Source, phase: Phase) -> int | None:
     return best
 
 
+def _counted(view: SystemView, at: int) -> int:
+    # `at`, or the instant the view started to count for the order if later: a rule that
+    # depends on the view holds from then at the earliest (SystemView.known_us).
+    known = view.known_us
+    return at if known is None or known <= at else known
+
+
 def _soonest(current: int | None, candidate: int) -> int:
     return candidate if current is None or candidate < current else current
 
@@ -678,13 +703,16 @@ def _scan(
     erp_first = None if erp is None else _earliest(erp)
     if erp_first is None or erp_first > now:
         start: int | None = None
+        opens: int | None = None  # the first instant it held: a view may count late
         present: list[Source] = []
         for source in _TARGET_ORDER:
             view = systems.get(source)
             if view is not None:
                 present.append(source)
-                start = _soonest(start, _earliest(view))
-        if start is not None:
+                first = _earliest(view)
+                start = _soonest(start, first)
+                opens = _soonest(opens, _counted(view, first + th.orphan))
+        if start is not None and opens is not None:
             deadline = start + th.orphan
             if now >= deadline:
                 findings.append(
@@ -692,7 +720,7 @@ def _scan(
                         AnomalyType.ORPHAN_ORDER,
                         "",
                         Severity.WARNING,
-                        deadline,
+                        opens,
                         (Source.ERP, *present),
                         start,
                         blame=(Source.ERP,),
@@ -725,7 +753,7 @@ def _scan(
                     AnomalyType.MISSING_IN_SYSTEM,
                     source.value,
                     Severity.WARNING,
-                    deadline,
+                    _counted(erp, deadline),
                     (Source.ERP, source),
                     entry,
                     blame=(source,),
@@ -737,7 +765,7 @@ def _scan(
             nxt = _soonest(nxt, deadline)
 
     # status_conflict: blamed systems, and since when the disagreement has lasted.
-    erp_entered = erp.firsts[phase][0]
+    erp_entered = _counted(erp, erp.firsts[phase][0])
     began = erp_entered
     blamed: list[Source] = []
     contradiction_us: int | None = None
@@ -751,7 +779,7 @@ def _scan(
         )
         if contradicts or (source in scope and theirs is not phase):
             blamed.append(source)
-            entered = view.firsts[theirs][0]
+            entered = _counted(view, view.firsts[theirs][0])
             if entered > began:
                 began = entered
             if contradicts:
@@ -799,7 +827,7 @@ def _scan(
                         AnomalyType.STALLED_TRACKING,
                         str(anchor),
                         Severity.CRITICAL if critical else Severity.WARNING,
-                        warn_at,
+                        _counted(carrier, _counted(erp, warn_at)),
                         (Source.ERP, Source.LOGISTICS),
                         anchor,
                         blame=(Source.LOGISTICS,),

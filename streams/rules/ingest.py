@@ -16,6 +16,13 @@ events of one order may arrive out of order. When the details come, the waiting 
 forwarded after the event carrying them, in event-time order; one that waited
 `details_wait` of event time in vain is taken out by `expire_waiting`, to be dead-lettered
 `missing_order` with its original bytes.
+
+What waited counts for the order from the event that released it: `RefState.since_us` is the
+event time of the reference's earliest event read that names its order (the ERP's: that
+carries its details), and every event forwarded dated before it carries `linked_us`. The
+events a reference held until its link stay in `RefState.unlinked` until event time reaches
+the link, judged meanwhile as the reference's own (its orphan_order, which the link
+resolves at its own time however early it was read).
 """
 
 from __future__ import annotations
@@ -132,9 +139,16 @@ class RefState:
     has_order: bool = False  # ERP only: the order details have been seen
     seen: list[str] = field(default_factory=list)  # event ids, oldest first
     held: list[dict[str, Any]] = field(default_factory=list)  # waiting for a link
+    # Once linked: what was held, forwarded but still judged as the reference's own until
+    # event time reaches the link (its orphan_order, `evaluate_unlinked`).
+    unlinked: list[dict[str, Any]] = field(default_factory=list)
     ghosts: dict[str, Any] | None = None  # GhostState JSON of the unlinked reference
     waiting: list[Waiting] = field(default_factory=list)  # ERP only: waiting for the details
     held_bytes: int = 0  # input bytes of the held and waiting events
+    # The event time from which the reference's events count for their order: that of the
+    # earliest event read that brought its link (the ERP's: its order's details). An event
+    # earlier than it counts from then (it is forwarded with `linked_us`).
+    since_us: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A compact JSON-able form for the state table."""
@@ -147,10 +161,14 @@ class RefState:
             out["o"] = 1
         if self.held:
             out["h"] = self.held
+        if self.unlinked:
+            out["u"] = self.unlinked
         if self.waiting:
             out["w"] = [w.to_json() for w in self.waiting]
         if self.held_bytes:
             out["n"] = self.held_bytes
+        if self.since_us is not None:
+            out["t"] = self.since_us
         return out
 
     @classmethod
@@ -163,9 +181,11 @@ class RefState:
             has_order=bool(raw.get("o")),
             seen=list(raw.get("s", ())),
             held=list(raw.get("h", ())),
+            unlinked=list(raw.get("u", ())),
             ghosts=raw.get("g"),
             waiting=[Waiting.from_json(w) for w in raw.get("w", ())],
             held_bytes=int(raw.get("n", 0)),
+            since_us=raw.get("t"),
         )
 
 
@@ -283,12 +303,19 @@ class IngestRules:
 
         if state.link is None:
             state.link = link
+        erp = event.source is Source.ERP
+        if event.order is not None if erp else event.erp_order_id is not None:
+            event_us = normalized["occurred_us"]
+            if state.since_us is None or event_us < state.since_us:
+                state.since_us = event_us
         self._remember(state, event.event_id)
         forward: list[tuple[str, dict[str, Any]]] = []
         for held in state.held:
             held["order_id"] = state.link
             held["erp_order_id"] = state.link
             forward.append((state.link, held))
+        if state.held:
+            state.unlinked = state.held
         state.held = []
         state.held_bytes = 0
         normalized["order_id"] = link
@@ -300,6 +327,13 @@ class IngestRules:
                 waited.event["erp_order_id"] = link
                 forward.append((link, waited.event))
             state.waiting = []
+        since = state.since_us
+        if since is not None:
+            # What waited for the link (or the details), or came after it but dated before
+            # it, counts for the order from the link on: it was nobody's before.
+            for _, body in forward:
+                if body["occurred_us"] < since:
+                    body["linked_us"] = since
         return Applied(Outcome.ACCEPTED, forward=forward)
 
     def details_deadline_us(self, state: RefState) -> int | None:

@@ -124,9 +124,17 @@ class IntakeCounts:
     """Exact, mergeable intake counts in per-minute buckets of event time.
 
     A delta may hold negative counts: an order whose count moved takes one back where it
-    counted before. The sums over all deltas are never negative."""
+    counted before. The sums over all deltas are never negative.
+
+    A move counts from the event time of the event that caused it (`move(..., at_us)`): an
+    evaluation at instant I sees an order as its events up to I show it, however far ahead
+    of I they were read. A move that lands in a minute before the one its cause is in (the
+    reservation a later short pick takes back) waits in `later` for the evaluations at or
+    after its cause; every other move counts for every window that holds its minute."""
 
     buckets: dict[int, list[int]] = field(default_factory=dict)  # epoch minute → [c, a, f]
+    # (epoch minute, the first evaluation minute that sees it) → [c, a, f]
+    later: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     floor: int | None = None  # minutes below this were expired; additions there are dropped
     applied: dict[str, int] = field(default_factory=dict)  # origin → last delta seq folded in
 
@@ -136,18 +144,20 @@ class IntakeCounts:
             raise ValueError(f"cannot count {n} orders")
         return self._add_to(as_us(utc(at)) // _MINUTE_US, _SLOT[kind], n)
 
-    def move(self, before: OrderIntake, after: OrderIntake) -> None:
-        """Move one order's count from what it counted for to what it counts for now."""
+    def move(self, before: OrderIntake, after: OrderIntake, at_us: int | None = None) -> None:
+        """Move one order's count from what it counted for to what it counts for now, from
+        event time `at_us` on (the event that changed it; None: for every evaluation)."""
+        seen = None if at_us is None else -(-at_us // _MINUTE_US)  # its minute, rounded up
         if before.created != after.created:
             if before.created is not None:
-                self._add_to(before.created, 0, -1)
+                self._add_from(before.created, seen, 0, -1)
             if after.created is not None:
-                self._add_to(after.created, 0, 1)
+                self._add_from(after.created, seen, 0, 1)
         if (before.reserved, before.failed) != (after.reserved, after.failed):
             if before.reserved is not None:
-                self._add_to(before.reserved, 2 if before.failed else 1, -1)
+                self._add_from(before.reserved, seen, 2 if before.failed else 1, -1)
             if after.reserved is not None:
-                self._add_to(after.reserved, 2 if after.failed else 1, 1)
+                self._add_from(after.reserved, seen, 2 if after.failed else 1, 1)
 
     def merge(self, other: IntakeCounts) -> int:
         """Add another set of counts into this one; returns how many counts were too late."""
@@ -156,7 +166,15 @@ class IntakeCounts:
             for slot, n in enumerate(row):
                 if n and not self._add_to(minute, slot, n):
                     dropped += abs(n)
+        for (minute, seen), row in other.later.items():
+            for slot, n in enumerate(row):
+                if n and not self._add_from(minute, seen, slot, n):
+                    dropped += abs(n)
         return dropped
+
+    def minutes(self) -> list[int]:
+        """The minutes that hold counts, in any order."""
+        return [*self.buckets, *(minute for minute, _ in self.later)]
 
     def apply_delta(self, origin: str, seq: int, delta: IntakeCounts) -> bool:
         """Merge one origin's delta unless a delta with this or a later seq was applied."""
@@ -175,6 +193,11 @@ class IntakeCounts:
             rows = [self.buckets.get(m) for m in range(start_minute, end_minute)]
         else:
             rows = [row for m, row in self.buckets.items() if start_minute <= m < end_minute]
+        rows += [
+            row
+            for (m, seen), row in self.later.items()
+            if start_minute <= m < end_minute and seen <= end_minute
+        ]
         created = allocated = failed = 0
         for row in rows:
             if row is not None:
@@ -192,6 +215,8 @@ class IntakeCounts:
         old = [m for m in self.buckets if m < cut]
         for m in old:
             del self.buckets[m]
+        for key in [key for key in self.later if key[0] < cut]:
+            del self.later[key]
         return len(old)
 
     def __len__(self) -> int:
@@ -201,6 +226,8 @@ class IntakeCounts:
     def to_json(self) -> dict[str, Any]:
         """A compact JSON-able form (also the wire form of a delta)."""
         out: dict[str, Any] = {"m": {str(m): row for m, row in sorted(self.buckets.items())}}
+        if self.later:
+            out["l"] = [[m, seen, *row] for (m, seen), row in sorted(self.later.items())]
         if self.floor is not None:
             out["f"] = self.floor
         if self.applied:
@@ -217,12 +244,33 @@ class IntakeCounts:
             if len(row) != len(_SLOT) or any(not isinstance(n, int) for n in row):
                 raise ValueError(f"bad intake bucket {key!r}: {row!r}")
             buckets[int(key)] = [int(n) for n in row]
+        later: dict[tuple[int, int], list[int]] = {}
+        for entry in raw.get("l", ()):
+            if len(entry) != 2 + len(_SLOT) or any(not isinstance(n, int) for n in entry):
+                raise ValueError(f"bad intake entry {entry!r}")
+            later[(entry[0], entry[1])] = [int(n) for n in entry[2:]]
         floor = raw.get("f")
         return cls(
             buckets=buckets,
+            later=later,
             floor=None if floor is None else int(floor),
             applied={str(k): int(v) for k, v in raw.get("s", {}).items()},
         )
+
+    def _add_from(self, minute: int, seen: int | None, slot: int, n: int) -> bool:
+        # A count in `minute` that evaluations see from minute `seen` on: every window that
+        # holds `minute` ends at `minute + 1` or later, so only a later `seen` must wait.
+        if seen is None or seen <= minute + 1:
+            return self._add_to(minute, slot, n)
+        if self.floor is not None and minute < self.floor:
+            return False
+        row = self.later.get((minute, seen))
+        if row is None:
+            row = self.later[(minute, seen)] = [0, 0, 0]
+        row[slot] += n
+        if not any(row):
+            del self.later[(minute, seen)]
+        return True
 
     def _add_to(self, minute: int, slot: int, n: int) -> bool:
         if self.floor is not None and minute < self.floor:

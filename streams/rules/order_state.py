@@ -115,6 +115,11 @@ class SystemView:
     # MAX_TIMES kept (its scans within a phase move the stall rule's anchor; for the other
     # systems, what `as_of` needs is in `firsts` and the latest event).
     times: list[int] = field(default_factory=list)
+    # From when the system's view counts for the order, when that is later than its earliest
+    # event: events that waited in ingest for their reference's link (the ERP's: for the
+    # order's details) count from the event that released them (`linked_us`), not from their
+    # own time. None: every event from its own time.
+    known_us: int | None = None
 
     @property
     def phase(self) -> Phase | None:
@@ -224,7 +229,8 @@ class OrderState:
         return max((v.seen_us for v in self.systems.values()), default=None)
 
     def as_of(self, t: int) -> OrderState:
-        """The order as its events with occurred_at <= `t` (µs) alone show it.
+        """The order as its events known by `t` (µs) show it: those with occurred_at <= `t`,
+        of the systems whose view counts by then (`SystemView.known_us`).
 
         Rules that judge the order at an event time use this, not the latest state: events
         already applied but later than `t` (a backlog on one source holds the watermark back
@@ -236,10 +242,12 @@ class OrderState:
         later than `t`.
         """
         last = self.last_event_us
-        if last is None or last <= t:
+        if (last is None or last <= t) and not self._hidden_at(t):
             return self
         systems: dict[Source, SystemView] = {}
         for source, view in self.systems.items():
+            if view.known_us is not None and view.known_us > t:
+                continue  # its events waited in ingest: they count later
             past = _view_as_of(view, t)
             if past is not None:
                 systems[source] = past
@@ -254,20 +262,32 @@ class OrderState:
         )
 
     def next_event_after(self, t: int) -> int | None:
-        """The earliest occurred_at later than `t` (µs) of an event applied to the order."""
-        later = [at for view in self.systems.values() for at in _event_times(view) if at > t]
+        """The earliest instant later than `t` (µs) from which an event applied to the order
+        counts: its occurred_at, or when its system's view counts (`SystemView.known_us`)."""
+        later: list[int] = []
+        for view in self.systems.values():
+            known = view.known_us
+            for at in _event_times(view):
+                counts = at if known is None or at >= known else known
+                if counts > t:
+                    later.append(counts)
         return min(later, default=None)
+
+    def _hidden_at(self, t: int) -> bool:
+        # Whether some system's view does not count yet at `t`.
+        return any(v.known_us is not None and v.known_us > t for v in self.systems.values())
 
     def to_json(self) -> dict[str, Any]:
         """A compact, canonical JSON-able form: short keys, times as seconds from a base."""
         # About 1 KiB for a delivered order of 20 events, so the state table and its changelog
         # stay small: {"o": order id, "b": base µs, "s": {e|c|w|l: system}, "f": facts,
         # "t": tracking, "i": digests}. A system is a list [seen, firsts, ref, stage, status,
-        # at, event id, marker, marker status, marker at, marker event id, failed], trailing
-        # nulls dropped; firsts are flat [phase, at, event id, ...]; enums are list indexes;
-        # `at` and event id are null when the latest event is its phase's first, seen null
-        # when it equals `at`, ref 0 when it is the order id, failed null when it is the
-        # marker's own time (the marker an allocation_failed) or there was no such failure.
+        # at, event id, marker, marker status, marker at, marker event id, failed, carrier
+        # times, known], trailing nulls dropped; firsts are flat [phase, at, event id, ...];
+        # enums are list indexes; `at` and event id are null when the latest event is its
+        # phase's first, seen null when it equals `at`, ref 0 when it is the order id, failed
+        # null when it is the marker's own time (the marker an allocation_failed) or there was
+        # no such failure.
         base = self._base_us()
         out: dict[str, Any] = {"o": self.order_id, "b": base}
         out["s"] = {
@@ -421,11 +441,16 @@ class OrderJoin:
             if len(state.recent_ids) > self.max_ids:
                 del state.recent_ids[0]
 
+        known = counts_from_us(event, t)
         view = state.systems.get(source)
         if view is None:
             view = state.systems[source] = SystemView(seen_us=t)
-        elif t > view.seen_us:
-            view.seen_us = t
+            if known > t:
+                view.known_us = known
+        else:
+            _note_known(view, t, known)
+            if t > view.seen_us:
+                view.seen_us = t
         if source is Source.LOGISTICS:
             _note_time(view.times, t)
 
@@ -511,6 +536,14 @@ def is_evictable(
             return False
         since = max(terminal, last)
     return since + span_us(retention) <= as_us(watermark)
+
+
+def counts_from_us(event: Mapping[str, Any], event_us: int) -> int:
+    """From when a normalised event counts for its order (µs): its own time, or, when it
+    waited in ingest for its reference's link or its order's details, the time of the event
+    that released it (`linked_us`), if later."""
+    linked = event.get("linked_us")
+    return event_us if linked is None or linked <= event_us else int(linked)
 
 
 def reached_fulfilling(erp: SystemView) -> bool:
@@ -666,6 +699,17 @@ def _take_tracking(state: OrderState, source: Source, tracking: Mapping[str, Any
     state.tracking_no = number
 
 
+def _note_known(view: SystemView, t: int, known: int) -> None:
+    # Before the event at `t` (counting from `known`) is applied to an existing view: the
+    # view counts from the earliest instant any of its events counts; `known_us` keeps it
+    # only when that is later than the view's earliest event.
+    if known <= t and view.known_us is None:
+        return  # the common case: everything counts from its own time
+    earliest = min(_event_times(view))
+    since = min(earliest if view.known_us is None else view.known_us, known)
+    view.known_us = since if since > min(earliest, t) else None
+
+
 def _note_time(times: list[int], t: int) -> None:
     # Ascending and distinct; past MAX_TIMES the earliest go (judging an order far behind
     # its latest events is rare, and then the earliest kept time stands for those dropped).
@@ -705,7 +749,9 @@ def _view_as_of(view: SystemView, t: int) -> SystemView | None:
     firsts = {phase: first for phase, first in view.firsts.items() if first[0] <= t}
     has_marker = view.marker is not None and view.marker_at_us <= t
     times = view.times[: bisect_right(view.times, t)]
-    past = SystemView(seen_us=max(earlier), ref=view.ref, firsts=firsts, times=times)
+    past = SystemView(
+        seen_us=max(earlier), ref=view.ref, firsts=firsts, times=times, known_us=view.known_us
+    )
     if view.stage is not None and view.at_us <= t:
         past.stage, past.status = view.stage, view.status
         past.at_us, past.event_id = view.at_us, view.event_id
@@ -786,18 +832,21 @@ def _view_to_json(view: SystemView, base: int, order_id: str) -> list[Any]:
         for at in extra:
             times.append(_enc(at, before))
             before = at
+    counts = None if view.known_us is None else _enc(view.known_us, base)
     packed = [None if seen is None else _enc(seen, base), firsts, ref, *latest]
-    if marker or times is not None:
+    if marker or times is not None or counts is not None:
         packed += marker or [None] * 5
-    if times is not None:
+    if times is not None or counts is not None:
         packed.append(times)
+    if counts is not None:
+        packed.append(counts)
     return _trim(packed)
 
 
 def _view_from_json(packed: list[Any], base: int, order_id: str, source: Source) -> SystemView:
-    packed = [*packed, *[None] * (13 - len(packed))]
+    packed = [*packed, *[None] * (14 - len(packed))]
     seen, flat, ref, stage_i, status, at, eid, marker_i, m_status, m_at, m_eid, failed = packed[:12]
-    gaps = packed[12]
+    gaps, known = packed[12], packed[13]
     view = SystemView(seen_us=0, ref=order_id if ref == 0 else ref)
     for i in range(0, len(flat or ()), 3):
         view.firsts[_PHASE_LIST[flat[i]]] = (_dec(flat[i + 1], base), flat[i + 2])
@@ -819,6 +868,8 @@ def _view_from_json(packed: list[Any], base: int, order_id: str, source: Source)
             view.failed_us = _dec(failed, base)
         elif view.marker is Marker.ALLOCATION_FAILED:
             view.failed_us = view.marker_at_us
+    if known is not None:
+        view.known_us = _dec(known, base)
     if source is Source.LOGISTICS:
         times = _named_times(view)
         before = base

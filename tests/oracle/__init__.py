@@ -24,7 +24,7 @@ from typing import Any
 from tests.oracle.contract import AnomalyRecord, CommandRecord
 from tests.oracle.ghosts import Thresholds, order_ghosts, unlinked_orphan
 from tests.oracle.ingest import Ingested, ingest
-from tests.oracle.intake import BreakerRules, breaker, duplicates, intake_figures
+from tests.oracle.intake import BreakerRules, Figures, breaker, duplicates, intake_figures
 from tests.oracle.kpis import Kpis, kpis
 
 __all__ = ["AnomalyRecord", "CommandRecord", "Expected", "OracleSettings", "expected"]
@@ -74,6 +74,7 @@ class Expected:
     resends: int
     kpis: Kpis
     ingested: Ingested
+    figures: list[Figures]  # the breaker's stage-1 figures at each evaluation instant
 
     def of_type(self, type_: str) -> list[AnomalyRecord]:
         """The anomalies of one type."""
@@ -120,4 +121,5 @@ def expected(
         resends=log.resends,
         kpis=kpis(log.orders, anomalies, horizon_us),
         ingested=log,
+        figures=figures,
     )

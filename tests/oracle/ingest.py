@@ -68,6 +68,7 @@ class Ingested:
     unlinked: list[Unlinked] = field(default_factory=list)
     dead_letters: Counter[str] = field(default_factory=Counter)
     resends: int = 0
+    never_detailed: set[str] = field(default_factory=set)  # ids of the missing_order events
 
 
 def _text(value: Any) -> bool:
@@ -156,6 +157,7 @@ def ingest(records: Iterable[Mapping[str, Any]]) -> Ingested:
     for event, reason in checked:
         if event is not None and event["source"] == "erp" and event["order_ref"] not in detailed:
             reason = "missing_order"  # its details never come: every copy is rejected
+            out.never_detailed.add(event["event_id"])
         if event is None or reason is not None:
             out.dead_letters[str(reason)] += 1
             continue

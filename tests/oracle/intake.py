@@ -10,12 +10,15 @@ from the two order ids sorted, raised on the later-placed order (ties: the large
 decision (not modelled here).
 
 Breaker: evaluated at every multiple of 10 min of event time (from the epoch) after the
-first counted event, up to the horizon, over the trailing window [I - 60 min, I), counting
-what is known by I:
-* orders created: orders whose ERP's earliest stage event lies in the window;
-* reservation failure rate: of the orders with a reservation event (stage `allocated` or
-  marker `allocation_failed`) from a reserving system (ERP and WMS) in the window, the
-  share with an `allocation_failed` among them; each order counted once.
+first counted event, up to the horizon, over the trailing window [I - 60 min, I), on each
+order as its events known by I show it (the README's "Breaker figures", which pin down the
+contract's "each order counted once"):
+* created: an order is created at its ERP's earliest stage event;
+* its stock reservation, from the reserving systems only (ERP and WMS): failed at its first
+  `allocation_failed` if there is one, else succeeded at its first event at `fulfilling`
+  (`allocated` or `picking`); a retry that succeeds leaves the one failure;
+* counted in the window that holds that instant: orders created, orders whose reservation
+  was attempted (succeeded or failed), and of those the failed.
 Stage 1 holds when created > 2200 and rate > 8% (strictly). Each holding evaluation opens
 an `intake_overload` (warning) and resolves the previous one; a clear evaluation resolves
 it. The `warnings_to_throttle`-th consecutive holding evaluation (2) throttles:
@@ -27,7 +30,7 @@ release) are not modelled.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +39,7 @@ from typing import Any
 
 from tests.oracle.contract import (
     MINUTE,
+    PHASE,
     AnomalyRecord,
     CommandRecord,
     anomaly_id,
@@ -134,32 +138,58 @@ def intake_figures(
     orders: Mapping[str, list[Accepted]], horizon: int, rules: BreakerRules
 ) -> list[Figures]:
     """The stage-1 figures at every evaluation instant up to `horizon`."""
-    created: list[tuple[int, int]] = []  # (at, known) of each order's creation
-    attempts: list[tuple[int, int, str, bool]] = []  # (at, known, order, failed)
-    for order_id, events in orders.items():
-        erp = [e for e in events if e.source == "erp" and e.stage is not None]
-        if erp:
-            first = min(erp, key=lambda e: (e.at, e.event_id))
-            created.append((first.at, first.known))
-        for e in events:
-            failed = e.marker == "allocation_failed"
-            if e.source in rules.reserving and (failed or e.stage == "allocated"):
-                attempts.append((e.at, e.known, order_id, failed))
-    created.sort()
-    attempts.sort()
-    times = [at for at, _ in created] + [a[0] for a in attempts]
-    if not times:
+    counted = [e for events in orders.values() for e in events if _counts(e, rules)]
+    if not counted:
         return []
+    # Each order as of each instant one of its counted events became known (it is the same
+    # in between): (instants, what it counts for from each).
+    lives = []
+    for events in orders.values():
+        instants = sorted({e.known for e in events if _counts(e, rules)})
+        lives.append((instants, [_as_of(events, t, rules) for t in instants]))
     out: list[Figures] = []
     step = rules.evaluate_every
-    instant = min(times) // step * step + step
+    instant = min(e.at for e in counted) // step * step + step
     while instant <= horizon:
         start = instant - rules.window
-        n_created = sum(1 for _, known in _between(created, start, instant) if known <= instant)
-        seen = [(o, f) for _, known, o, f in _between(attempts, start, instant) if known <= instant]
-        out.append((instant, n_created, len({o for o, _ in seen}), len({o for o, f in seen if f})))
+        created = tried = failed = 0
+        for instants, states in lives:
+            i = bisect_right(instants, instant) - 1
+            if i < 0:
+                continue
+            made, reserved, fails = states[i]
+            created += made is not None and start <= made < instant
+            if reserved is not None and start <= reserved < instant:
+                tried += 1
+                failed += fails
+        out.append((instant, created, tried, failed))
         instant += step
     return out
+
+
+def _counts(e: Accepted, rules: BreakerRules) -> bool:
+    # An event that can make an order count: an ERP stage, or a reserving system's
+    # reservation (fulfilling) or failure.
+    if e.source == "erp" and e.stage is not None:
+        return True
+    fulfilling = e.stage is not None and PHASE[e.stage] == "fulfilling"
+    return e.source in rules.reserving and (fulfilling or e.marker == "allocation_failed")
+
+
+def _as_of(
+    events: list[Accepted], instant: int, rules: BreakerRules
+) -> tuple[int | None, int | None, bool]:
+    # (created at, reservation at, whether it failed) of one order, from its events known
+    # by `instant`.
+    known = [e for e in events if e.known <= instant]
+    erp = [e.at for e in known if e.source == "erp" and e.stage is not None]
+    mine = [e for e in known if e.source in rules.reserving]
+    failures = [e.at for e in mine if e.marker == "allocation_failed"]
+    reserved = [e.at for e in mine if e.stage is not None and PHASE[e.stage] == "fulfilling"]
+    created = min(erp, default=None)
+    if failures:
+        return created, min(failures), True
+    return created, min(reserved, default=None), False
 
 
 def breaker(
@@ -218,11 +248,6 @@ def _resume(throttled_at: int, at: int) -> CommandRecord:
             "throttle_command_id": command_id("intake.throttle", "intake", _iso(throttled_at)),
         },
     )
-
-
-def _between(rows: list[Any], start: int, end: int) -> list[Any]:
-    # The rows (sorted, time first) with start <= time < end.
-    return rows[bisect_left(rows, (start,)) : bisect_left(rows, (end,))]
 
 
 def _breaker_anomaly(

@@ -37,6 +37,7 @@ from streams.rules.ghosts import (
     next_deadline,
 )
 from streams.rules.order_state import OrderJoin, OrderState
+from streams.rules.watermark import as_us
 from tests.phones import PHONES
 from tests.stage_harness import Pipeline
 
@@ -1029,6 +1030,49 @@ def test_an_unlinked_reference_is_an_orphan_after_30_minutes_named_by_its_own_re
     assert again.emits == []  # raised once
     (resolved,) = ghosts.book.resolve_all(T0 + timedelta(hours=3), WALL, "linked")
     assert resolved.state is AnomalyState.RESOLVED
+
+
+def test_an_unlinked_reference_read_with_its_link_is_judged_up_to_the_link():
+    # Ingest read the ticket's link (dated 45 min) before any of its timers came up: it was
+    # an orphan from 30 to 45 min all the same. Linked at 20 min: it never was one.
+    held = [
+        {
+            k: v
+            for k, v in event(Source.CRM, Stage.PLACED, timedelta(0)).items()
+            if k != "erp_order_id"
+        }
+    ]
+    link = as_us(T0 + timedelta(minutes=45))
+    ghosts = GhostState.new("CRM-1")
+    first = evaluate_unlinked(RULES, JOIN, "CRM-1", held, ghosts, T0, WALL, link)
+    assert (first.emits, first.next_deadline) == ([], T0 + timedelta(minutes=30))
+    due = evaluate_unlinked(
+        RULES, JOIN, "CRM-1", held, ghosts, T0 + timedelta(minutes=30), WALL, link
+    )
+    (orphan,) = due.emits
+    assert isinstance(orphan, Anomaly)
+    assert (orphan.opened_at, due.next_deadline) == (
+        T0 + timedelta(minutes=30),
+        T0 + timedelta(minutes=45),
+    )
+    done = evaluate_unlinked(
+        RULES, JOIN, "CRM-1", held, ghosts, T0 + timedelta(minutes=45), WALL, link
+    )
+    (resolved,) = done.emits
+    assert isinstance(resolved, Anomaly)
+    assert (resolved.state, resolved.resolved_at) == (
+        AnomalyState.RESOLVED,
+        T0 + timedelta(minutes=45),
+    )
+    assert done.next_us is None
+    early = as_us(T0 + timedelta(minutes=20))
+    other = GhostState.new("CRM-2")
+    first = evaluate_unlinked(RULES, JOIN, "CRM-2", held, other, T0, WALL, early)
+    assert (first.emits, first.next_deadline) == ([], T0 + timedelta(minutes=20))
+    done = evaluate_unlinked(
+        RULES, JOIN, "CRM-2", held, other, T0 + timedelta(minutes=20), WALL, early
+    )
+    assert (done.emits, done.next_us) == ([], None)
 
 
 # --- judged as of the evaluation's event time, not on the latest state ----------------------

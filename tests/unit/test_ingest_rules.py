@@ -117,3 +117,44 @@ def test_an_envelope_is_what_orjson_makes_of_its_events():
     packed = envelope([orjson.dumps(e) for e in events])
     assert packed == orjson.dumps({"events": events})
     assert envelope([]) == orjson.dumps({"events": []})
+
+
+def _crm(event_id: str, minutes: float, erp_order_id: str | None = None) -> dict:
+    event = {
+        "event_id": event_id,
+        "source": "crm",
+        "order_ref": "CS1",
+        "status": "NEW",
+        "occurred_at": (AT + timedelta(minutes=minutes)).isoformat(),
+    }
+    if erp_order_id is not None:
+        event["erp_order_id"] = erp_order_id
+    return event
+
+
+def _apply(state: RefState, event: dict) -> tuple[Outcome, list[tuple[str, dict]]]:
+    raw = orjson.dumps(event)
+    decoded = RULES.decode(raw, Source.CRM, RECEIVED)
+    assert not isinstance(decoded, Rejection), decoded
+    applied = RULES.apply(decoded, raw, state, RECEIVED, origin=Origin(0, 0, None))
+    return applied.outcome, [(order, body.get("linked_us")) for order, body in applied.forward]
+
+
+def test_what_waited_for_a_link_counts_for_the_order_from_the_link() -> None:
+    # A CRM ticket tied to SO1 only at 60 min: what it held is forwarded then, counting for
+    # SO1 from 60 on (linked_us), and stays the ticket's own until event time gets there.
+    link = as_us(AT + timedelta(minutes=60))
+    state = RefState()
+    assert _apply(state, _crm("c1", 0)) == (Outcome.HELD, [])
+    assert _apply(state, _crm("c2", 20)) == (Outcome.HELD, [])
+    assert _apply(state, _crm("c3", 60, "SO1")) == (
+        Outcome.ACCEPTED,
+        [("SO1", link), ("SO1", link), ("SO1", None)],
+    )
+    assert (state.since_us, [e["event_id"] for e in state.unlinked]) == (link, ["c1", "c2"])
+    # Read after the link but dated before it: it counts from the link too.
+    assert _apply(state, _crm("c4", 59)) == (Outcome.ACCEPTED, [("SO1", link)])
+    # An earlier event naming SO1, read later: the link is that one's time.
+    assert _apply(state, _crm("c5", 55, "SO1")) == (Outcome.ACCEPTED, [("SO1", None)])
+    assert state.since_us == as_us(AT + timedelta(minutes=55))
+    assert RefState.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state

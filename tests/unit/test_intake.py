@@ -352,3 +352,26 @@ def test_reserving_systems_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CONCORD_BREAKER__RESERVING_SYSTEMS", "erp,crm")
     with pytest.raises(ValidationError, match="crm only mirrors"):
         Settings()
+
+
+def test_a_success_taken_back_counts_for_the_evaluations_from_the_short_pick_on() -> None:
+    # As the orders stage moves it: from the short pick's own time (10:50:30), so the
+    # evaluation at 10:50 sees the order as it stood, however early the short pick was read.
+    minute = as_us(T0) // 60_000_000
+    counts = IntakeCounts()
+    counts.move(NO_INTAKE, OrderIntake(minute, minute + 2, False), as_us(T0 + 2 * MINUTE))
+    delta = IntakeCounts()
+    short_pick = as_us(T0 + 50.5 * MINUTE)
+    delta.move(
+        OrderIntake(minute, minute + 2, False), OrderIntake(minute, minute + 50, True), short_pick
+    )
+    assert delta.to_json() == {
+        "m": {str(minute + 50): [0, 0, 1]},
+        "l": [[minute + 2, minute + 51, 0, -1, 0]],
+    }
+    counts.apply_delta(
+        "concord.normalized/0", 1, IntakeCounts.from_json(json.loads(json.dumps(delta.to_json())))
+    )
+    assert window(counts, -10, 50) == (1, 1, 0)
+    assert window(counts, -9, 51) == (1, 0, 1)
+    assert sorted(counts.minutes()) == [minute, minute + 2, minute + 2, minute + 50]

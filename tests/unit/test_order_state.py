@@ -514,3 +514,31 @@ def test_serialisation_round_trip(events: list[dict[str, Any]]) -> None:
     more = event(CRM, 99, Stage.DELIVERED, 99_999)
     assert JOIN.apply(restored, more) == JOIN.apply(state, more)
     assert restored == state
+
+
+# --- what waited in ingest counts from the event that released it ----------------------------
+
+
+def test_a_view_that_waited_for_its_link_counts_from_the_link() -> None:
+    # The CRM's ticket was tied to the order at 3600 s: its events of 60 and 1200 s count
+    # from then, each with its own time.
+    link = {"linked_us": int(at(3600).timestamp() * 1_000_000)}
+    state, _ = run(
+        [
+            event(ERP, 1, Stage.PLACED, 0, order=ORDER_DETAILS),
+            event(CRM, 1, Stage.PLACED, 60, **link),
+            event(CRM, 2, Stage.ALLOCATED, 1200, **link),
+            event(ERP, 2, Stage.ALLOCATED, 1800),
+            event(CRM, 3, Stage.ALLOCATED, 3600),
+        ]
+    )
+    us = {s: int(at(s).timestamp() * 1_000_000) for s in (60, 900, 1800, 3599, 3600)}
+    assert state.systems[CRM].known_us == us[3600]
+    assert CRM not in state.as_of(us[3599]).systems
+    crm = state.as_of(us[3600]).systems[CRM]
+    assert (crm.stage, crm.firsts[Phase.OPEN][0]) == (Stage.ALLOCATED, us[60])
+    assert state.next_event_after(us[1800]) == us[3600]
+    assert OrderState.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
+    # An earlier event naming the order, read later: the view counts from it.
+    JOIN.apply(state, event(CRM, 4, Stage.CONFIRMED, 900))
+    assert state.systems[CRM].known_us == us[900]
