@@ -243,8 +243,8 @@ def test_an_order_read_ahead_of_its_erp_partition_raises_nothing_in_any_batch_si
     batch_size: int,
 ) -> None:
     """Failed in batches of 1 and 7 before the rules judged as of event time (issue 16): a
-    status_conflict for SO-X opened at +70 min and resolved at +78. The CRM's allocation (+40) is applied while the ERP's events
-    wait on the busy partition, so the disagreement is dated from +40; the timer at +70
+    status_conflict for SO-X opened at +70 min and resolved at +78. The CRM's allocation
+    (+40) is applied while the ERP's events wait on the busy partition, so the disagreement is dated from +40; the timer at +70
     then reads the CRM's and the WMS's *latest* phase (shipped, at +80: not yet true at +70)
     against the ERP's fulfilling, and opens. By event time the systems disagreed for one
     minute (+40..+41) and five (+80..+85): no anomaly. In one batch of 5000 every event is
