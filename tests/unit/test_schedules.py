@@ -243,12 +243,12 @@ def test_an_order_read_ahead_of_its_erp_partition_raises_nothing_in_any_batch_si
     batch_size: int,
 ) -> None:
     """Failed in batches of 1 and 7 before the rules judged as of event time (issue 16): a
-    status_conflict for SO-X opened at +70 min and resolved at +78. The CRM's allocation
-    (+40) was applied while the ERP's events waited on the busy partition, so the
-    disagreement was dated from +40; the timer at +70 then read the CRM's and the WMS's *latest* phase (shipped, at +80: not yet true at +70)
-    against the ERP's fulfilling, and opens. By event time the systems disagreed for one
-    minute (+40..+41) and five (+80..+85): no anomaly. In one batch of 5000 every event is
-    applied before the first timer and nothing opens."""
+    status_conflict for SO-X opened at +70 min and resolved at +78. The CRM's allocation (+40)
+    was applied while the ERP's events waited on the busy partition, so the disagreement was
+    dated from +40; the timer at +70 then read the CRM's and the WMS's *latest* phase (shipped,
+    at +80: not yet true at +70) against the ERP's fulfilling, and opens. By event time the
+    systems disagreed for one minute (+40..+41) and five (+80..+85): no anomaly. In one batch of
+    5000 every event is applied before the first timer and nothing opens."""
     events, _ = _order_behind_a_busy_erp_partition()
     _, outputs = replay(events, batch_size=batch_size)
     assert outputs.described(sorted(outputs.final)) == []
@@ -267,12 +267,12 @@ def _demo_day() -> tuple[list[tuple[str, bytes | None, bytes]], Labels]:
 
 @pytest.mark.parametrize("batch_size", [50, 5000])
 def test_the_demo_day_raises_exactly_its_labels_in_any_batch_size(batch_size: int) -> None:
-    """`concord demo`'s seeded day (63k events) replayed at once, as after an outage, scored
-    as the demo scores it: every anomaly ever raised. Failed before the rules judged as of
-    event time (issue 16): status_conflict raised 166 times on 166 orders in batches of
-    5000 (159 false alarms, each opened and resolved), 1287 in batches of 50 (1280 false); the rest is exact. The CRM's and WMS's
-    events are applied hours of event time ahead of the ERP's, and the conflict timers read
-    those later phases (see the read-ahead test above)."""
+    """`concord demo`'s seeded day (63k events) replayed at once, as after an outage, scored as the
+    demo scores it: every anomaly ever raised. Failed before the rules judged as of event time
+    (issue 16): status_conflict raised 166 times on 166 orders in batches of 5000 (159 false
+    alarms, each opened and resolved), 1287 in batches of 50 (1280 false); the rest is exact.
+    The CRM's and WMS's events are applied hours of event time ahead of the ERP's, and the
+    conflict timers read those later phases (see the read-ahead test above)."""
     records, labels = _demo_day()
     settings = Settings(clickhouse_enabled=False, source_idle_after=timedelta(seconds=5))
     pipeline = Pipeline(settings, batch_size=batch_size)
