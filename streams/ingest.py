@@ -110,7 +110,7 @@ class IngestStage(PartitionedStage):
         self.source_of = topics.source_of()
         self.source_time = source_time
         self.origin = uuid.uuid4().hex[:12]  # this worker, as a source of watermarks
-        self._sent_watermark: int | None = None
+        self._sent_mark: tuple[int | None, list[str]] = (None, [])  # watermark, coverage
         self._ends: dict[Any, int] = {}
         self._ends_at = 0.0
         # Unlinked references (events held for a link): orphan_order once they waited long.
@@ -219,13 +219,18 @@ class IngestStage(PartitionedStage):
         # across the source partitions this worker reads (the per-order stage's clock).
         await self._note_backlogs()
         watermark = self.source_time.value_us(wall_us)
-        if watermark is None or watermark == self._sent_watermark:
+        if watermark is None:
             return
-        await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
-        self._details_overdue(watermark, out, touched)
-        self._sent_watermark = watermark
-        # What the mark speaks for: the source partitions read here, out of all of them.
+        # What the mark speaks for: the source partitions read here, out of all of them. A
+        # mark goes out when either changes (after a hand-over the time may stand still
+        # while the partitions it covers grow).
         covers = sorted(f"{tp.topic}/{tp.partition}" for tp in self.assigned())
+        if (watermark, covers) == self._sent_mark:
+            return
+        if watermark != self._sent_mark[0]:
+            await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
+            self._details_overdue(watermark, out, touched)
+        self._sent_mark = (watermark, covers)
         of = 0
         for topic in self.topics.sources.values():
             of += len(await self.producer.partitions(topic))

@@ -282,7 +282,6 @@ class OrderStage(PartitionedStage):
             self._observe_latency(obs, record=not obs.revised)
         if self.warehouse is not None and change.observations:
             self.warehouse.latencies(change.observations)
-        self.consistency.apply(change)
         phone = entry.state.facts.phone_hash if entry.state.facts else None
         if phone != had_phone:
             self._index_phone(entry.state.order_id, had_phone, phone)
@@ -388,6 +387,10 @@ class OrderStage(PartitionedStage):
             state, entry.ghosts, now, wall, silent=self.freshness.silent
         )
         self.wheel.schedule_us(state.order_id, outcome.next_us)
+        if outcome.judged is not None:
+            # Consistency as of the time the order was judged: events read ahead of the
+            # watermark count from their own time, as for the ghost rules.
+            self.consistency.update_from(outcome.judged)
         for source in outcome.held:
             self.wheel.hold(state.order_id, source)
         for emit in outcome.emits:
@@ -617,7 +620,9 @@ class OrderStage(PartitionedStage):
             self.watermark.advance_to_us(watermark_us, as_us(wall))
         watermark = self.watermark.value
         self.latency = LatencyWindow()
-        self.consistency.rebuild((s for s, _ in orders), watermark)
+        self.consistency.rebuild(
+            (s if watermark is None else s.as_of(as_us(watermark)) for s, _ in orders), watermark
+        )
         self.wheel = TimerWheel()
         self.open_ghosts = OpenGhosts()
         self.routing_rate = AutoRoutingRate()

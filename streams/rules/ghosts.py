@@ -213,6 +213,7 @@ class GhostOutcome:
     emits: list[Emit]
     next_us: int | None  # schedule the order's timer here, µs (None: cancel it)
     held: frozenset[Source] = frozenset()  # silent sources that held a flag back
+    judged: OrderState | None = None  # the order as of the evaluation's time
 
     @property
     def next_deadline(self) -> datetime | None:
@@ -253,7 +254,7 @@ class GhostRules:
         ghosts.next_us = next_us
         book = ghosts.book
         if not findings and not book.has_open:
-            return GhostOutcome([], next_us)
+            return GhostOutcome([], next_us, judged=state)
         emits: list[Emit] = []
         held: set[Source] = set()
         live: set[str] = set()
@@ -284,7 +285,7 @@ class GhostRules:
                     resolved = book.resolve(entry.anomaly_id, now_us, detected_at, summary=summary)
                     if resolved is not None:
                         emits.append(resolved)
-        return GhostOutcome(emits, next_us, frozenset(held))
+        return GhostOutcome(emits, next_us, frozenset(held), judged=state)
 
     def next_deadline(
         self, state: OrderState, ghosts: GhostState, now: datetime

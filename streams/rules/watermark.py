@@ -333,7 +333,9 @@ class UpstreamMarks(Generic[P]):
         self._idle_us = span_us(idle_after)
         self._marks: dict[str, dict[P, int]] = {}
         self._seen: dict[str, int] = {}
-        self._covers: dict[str, tuple[frozenset[str], int] | None] = {}
+        # origin -> (the mark value, the input partitions it covers, of how many), or None
+        # when its marks name no coverage (everything)
+        self._covers: dict[str, tuple[int, frozenset[str], int] | None] = {}
 
     def observe_us(
         self,
@@ -349,7 +351,17 @@ class UpstreamMarks(Generic[P]):
         marks = self._marks.setdefault(origin, {})
         if mark_us > marks.get(partition, mark_us - 1):
             marks[partition] = mark_us
-            self._covers[origin] = None if covers is None else (frozenset(covers), of or 0)
+        # The coverage of the origin's newest mark; marks of one value read in any order
+        # (partitions are read at their own pace) add up.
+        known = self._covers.get(origin)
+        if covers is None:
+            self._covers[origin] = None
+        elif known is None and origin in self._covers:
+            pass  # a mark naming no coverage covers everything already
+        elif known is None or mark_us > known[0]:
+            self._covers[origin] = (mark_us, frozenset(covers), of or 0)
+        elif mark_us == known[0]:
+            self._covers[origin] = (mark_us, known[1] | frozenset(covers), max(known[2], of or 0))
         self._seen[origin] = max(self._seen.get(origin, wall_us), wall_us)
 
     def value_us(self, partitions: Collection[P] | None, wall_us: int) -> int | None:
@@ -369,8 +381,8 @@ class UpstreamMarks(Generic[P]):
             if coverage is None:
                 whole = True
             else:
-                covered.update(coverage[0])
-                needed = max(needed, coverage[1])
+                covered.update(coverage[1])
+                needed = max(needed, coverage[2])
         if not values or (not whole and len(covered) < needed):
             return None
         return min(values)

@@ -5,8 +5,9 @@ Every anomaly (id, type, states, times, words; not `detected_at`, a wall-clock r
 every command must be the same whatever the schedule. After a crash a record may be
 published again, but only with the same id and content; the harness counts such repeats.
 
-Each property has a small, hand-built day that holds today, and a test of a case where the
-current per-order timers break it (issue 16): those fail until the timers are fixed.
+Each property has a small, hand-built day, and cases that broke it before the per-order
+rules judged orders as of event time and event time survived restarts (issue 16); each
+case's docstring or `CrashCase.before` says what went wrong then.
 """
 
 from __future__ import annotations
@@ -241,13 +242,13 @@ def _order_behind_a_busy_erp_partition() -> tuple[list[dict[str, Any]], str]:
 def test_an_order_read_ahead_of_its_erp_partition_raises_nothing_in_any_batch_size(
     batch_size: int,
 ) -> None:
-    """Fails today in batches of 1 and 7 (issue 16): a status_conflict for SO-X opens at
-    +70 min and resolves at +78. The CRM's allocation (+40) is applied while the ERP's events
-    wait on the busy partition, so the disagreement is dated from +40; the timer at +70
-    then reads the CRM's and the WMS's *latest* phase (shipped, at +80: not yet true at +70)
-    against the ERP's fulfilling, and opens. By event time the systems disagreed for one
-    minute (+40..+41) and five (+80..+85): no anomaly. In one batch of 5000 every event is
-    applied before the first timer and nothing opens."""
+    """Failed in batches of 1 and 7 before the rules judged as of event time (issue 16): a
+    status_conflict for SO-X opened at +70 min and resolved at +78. The CRM's allocation (+40)
+    was applied while the ERP's events waited on the busy partition, so the disagreement was
+    dated from +40; the timer at +70 then read the CRM's and the WMS's *latest* phase (shipped,
+    at +80: not yet true at +70) against the ERP's fulfilling, and opens. By event time the
+    systems disagreed for one minute (+40..+41) and five (+80..+85): no anomaly. In one batch of
+    5000 every event is applied before the first timer and nothing opens."""
     events, _ = _order_behind_a_busy_erp_partition()
     _, outputs = replay(events, batch_size=batch_size)
     assert outputs.described(sorted(outputs.final)) == []
@@ -266,12 +267,12 @@ def _demo_day() -> tuple[list[tuple[str, bytes | None, bytes]], Labels]:
 
 @pytest.mark.parametrize("batch_size", [50, 5000])
 def test_the_demo_day_raises_exactly_its_labels_in_any_batch_size(batch_size: int) -> None:
-    """`concord demo`'s seeded day (63k events) replayed at once, as after an outage, scored
-    as the demo scores it: every anomaly ever raised. Fails today (issue 16): status_conflict
-    raised 166 times on 166 orders in batches of 5000 (159 false alarms, each opened and
-    resolved), 1287 in batches of 50 (1280 false); the rest is exact. The CRM's and WMS's
-    events are applied hours of event time ahead of the ERP's, and the conflict timers read
-    those later phases (see the read-ahead test above)."""
+    """`concord demo`'s seeded day (63k events) replayed at once, as after an outage, scored as the
+    demo scores it: every anomaly ever raised. Failed before the rules judged as of event time
+    (issue 16): status_conflict raised 166 times on 166 orders in batches of 5000 (159 false
+    alarms, each opened and resolved), 1287 in batches of 50 (1280 false); the rest is exact.
+    The CRM's and WMS's events are applied hours of event time ahead of the ERP's, and the
+    conflict timers read those later phases (see the read-ahead test above)."""
     records, labels = _demo_day()
     settings = Settings(clickhouse_enabled=False, source_idle_after=timedelta(seconds=5))
     pipeline = Pipeline(settings, batch_size=batch_size)
@@ -322,7 +323,7 @@ class CrashCase:
     chunk: int | None
     commit_every: int
     crash_every: int
-    today: str  # what goes wrong on the current code
+    before: str  # what went wrong before the fixes of issue 16
 
     def run(self) -> tuple[Outputs, Outputs]:
         """(with crashes, without)."""
@@ -367,9 +368,9 @@ CRASH_CASES = {
 
 @pytest.mark.parametrize("case", list(CRASH_CASES.values()), ids=list(CRASH_CASES))
 def test_crashes_change_nothing_in_the_outputs(case: CrashCase) -> None:
-    """Fails today in each case (issue 16; `CrashCase.today` says what goes wrong)."""
+    """Failed in each case before the fixes of issue 16 (`CrashCase.before` says how)."""
     crashed, uninterrupted = case.run()
-    assert differences(crashed, uninterrupted) == [], case.today
+    assert differences(crashed, uninterrupted) == [], case.before
 
 
 def test_differences_name_what_differs() -> None:
@@ -392,3 +393,40 @@ def test_differences_name_what_differs() -> None:
 
 def _ids(lines: Iterable[str]) -> set[str]:
     return {word.rstrip(":") for line in lines for word in line.split() if word.startswith("anom")}
+
+
+def test_consistency_counts_an_order_as_of_event_time_not_with_events_read_ahead() -> None:
+    # The CRM's allocation (+60 min) is read while event time stands at +30: the order was
+    # inconsistent then (ERP fulfilling, CRM open) and the KPI says so until +60.
+    def event(source: str, n: int, stage: str, minutes: int) -> dict[str, Any]:
+        return {
+            "event_id": f"{source}-{n}",
+            "source": source,
+            "order_ref": "SO-KPI" if source == "erp" else f"{source.upper()}-KPI",
+            "erp_order_id": "SO-KPI",
+            "order_id": "SO-KPI",
+            "status": stage.upper(),
+            "stage": stage,
+            "phase": "open" if stage == "placed" else "fulfilling",
+            "occurred_at": (T0 + timedelta(minutes=minutes)).isoformat(),
+        }
+
+    pipeline = Pipeline(Settings(clickhouse_enabled=False))
+    pipeline.publish_normalized(
+        [
+            event("erp", 1, "placed", 0),
+            event("crm", 1, "placed", 1),
+            event("erp", 2, "allocated", 10),
+            event("wms", 1, "allocated", 11),
+            event("crm", 2, "allocated", 60),
+        ]
+    )
+    pipeline.publish_watermark(T0 + timedelta(minutes=30))
+    pipeline.run()
+    consistency = pipeline.stages.orders.kpis()["consistency"]
+    assert (consistency["population"], consistency["consistent"]) == (1, 0)
+    assert consistency["disagreeing"]["crm"] == 1
+    pipeline.publish_watermark(T0 + timedelta(minutes=61))
+    pipeline.run()
+    consistency = pipeline.stages.orders.kpis()["consistency"]
+    assert (consistency["population"], consistency["consistent"]) == (1, 1)

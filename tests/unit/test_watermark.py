@@ -292,3 +292,13 @@ def test_upstream_marks_need_every_input_partition_covered() -> None:
     plain: UpstreamMarks[int] = UpstreamMarks(timedelta(seconds=60))
     plain.observe_us("x", 0, 9_000, wall)
     assert plain.value_us([0], wall) == 9_000
+
+
+def test_a_mark_that_only_widens_its_coverage_counts() -> None:
+    # After a hand-over an origin's time may stand still while it reads more partitions: the
+    # mark that says so (same value, more coverage) completes the coverage, in any read order.
+    marks: UpstreamMarks[int] = UpstreamMarks(timedelta(seconds=60))
+    half, other = ["erp/0", "crm/0"], ["erp/1", "crm/1"]
+    marks.observe_us("live", 0, 5_000, 0, covers=[*half, *other], of=4)
+    marks.observe_us("live", 1, 5_000, 0, covers=half, of=4)  # the older mark, read later
+    assert marks.value_us([0, 1], 0) == 5_000
