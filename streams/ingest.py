@@ -221,15 +221,16 @@ class IngestStage(PartitionedStage):
         watermark = self.source_time.value_us(wall_us)
         if watermark is None:
             return
+        # Due whenever event time is past them, moved or not: a reference held again (a
+        # re-send after its first wait ran out) is due at once.
+        await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
+        self._details_overdue(watermark, out, touched)
         # What the mark speaks for: the source partitions read here, out of all of them. A
         # mark goes out when either changes (after a hand-over the time may stand still
         # while the partitions it covers grow).
         covers = sorted(f"{tp.topic}/{tp.partition}" for tp in self.assigned())
         if (watermark, covers) == self._sent_mark:
             return
-        if watermark != self._sent_mark[0]:
-            await self._unlinked_due(from_us(watermark), from_us(wall_us), out, touched)
-            self._details_overdue(watermark, out, touched)
         self._sent_mark = (watermark, covers)
         of = 0
         for topic in self.topics.sources.values():

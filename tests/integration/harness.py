@@ -161,7 +161,9 @@ def metric_total(worker: WorkerProcess, name: str) -> float:
 
 def watermark_of(worker: WorkerProcess) -> datetime | None:
     """The worker's event time, from /kpis."""
-    mark = httpx.get(worker.url("/kpis"), timeout=10).json()["watermark"]
+    token = worker.env.get("CONCORD_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    mark = httpx.get(worker.url("/kpis"), headers=headers, timeout=10).json()["watermark"]
     return None if mark is None else datetime.fromisoformat(mark)
 
 

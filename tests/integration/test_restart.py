@@ -68,9 +68,10 @@ def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
     publisher = threading.Thread(target=lambda: asyncio.run(produce(bootstrap, feed.records)))
     publisher.start()
 
-    # Kill once part of the stream is through and committed and both kinds of anomaly were
-    # raised (the restart must carry them on), while the rest is still arriving, at a moment
-    # the worker has forwarded events it has not committed yet.
+    # Kill once part of the stream is through and committed, while the rest is still
+    # arriving, at a moment the worker has forwarded events it has not committed yet.
+    # (Anomalies are raised once event time reaches them, so how many are out by then
+    # depends on the schedule; the restart must carry on whatever was.)
     # (Read cheaply: more events forwarded than source records committed means some were
     # processed past the committed offsets; exactly which is read after the kill.)
     def interrupted() -> bool:
@@ -79,10 +80,7 @@ def test_sigkill_mid_stream_loses_nothing(broker, spawn, prefix, workers):
         committed = sum(
             asyncio.run(committed_offsets(bootstrap, prefix, _sources(prefix))).values()
         )
-        if forwarded < 3000 or not 0 < committed < forwarded:
-            return False
-        raised = asyncio.run(published_outputs(bootstrap, prefix)).final.values()
-        return {a["type"] for a in raised} == {"status_conflict", "orphan_order"}
+        return forwarded >= 3000 and 0 < committed < forwarded
 
     wait_until("forwarded events not committed yet", interrupted, workers=[first])
     killed_at = datetime.now(UTC)
@@ -187,13 +185,16 @@ def test_restarted_worker_remembers_every_reference(broker, spawn, prefix):
     second = spawn()
     asyncio.run(produce(bootstrap, feed.records))
     dead_before = sum(feed.deadletters.values())
-    asyncio.run(
-        read_all(
-            bootstrap,
-            [f"{prefix}.deadletter"],
-            until=lambda rs: len(rs) >= 2 * dead_before,
-        )
-    )
+    # Every rejected record is rejected again, each time it comes; an ERP event whose order
+    # details never came is held again and set aside once event time is past its wait, which
+    # a re-sent past event may or may not meet again (README, "Dead letters").
+    rejected = dead_before - feed.deadletters.get("missing_order", 0)
+
+    def rejected_twice(records: list[Any]) -> bool:
+        reasons = [orjson.loads(r.value)["reason"] for r in records]
+        return sum(reason != "missing_order" for reason in reasons) >= 2 * rejected
+
+    asyncio.run(read_all(bootstrap, [f"{prefix}.deadletter"], until=rejected_twice))
     # Every valid record comes round again (a few of the first pass may be read twice when
     # the stopping worker's last commit did not land) and is recognised as a re-send.
     resent = len(feed.records) - dead_before
