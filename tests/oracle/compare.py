@@ -4,8 +4,8 @@
 models or their JSON dicts, as read from the topics, repeats and all) into one final record
 per id, noting every inconsistency: an id whose type or `opened_at` changes, two different
 `resolved_at`, a command id repeated with other content. Identical repeats (allowed after a
-crash or a hand-over, in any order) are counted and carry nothing new. `diff(expected, actual)` lists every difference, one line each; an empty
-list means they agree.
+crash or a hand-over, in any order) are counted and carry nothing new. `diff(expected,
+actual)` lists every difference, one line each; an empty list means they agree.
 """
 
 from __future__ import annotations
