@@ -381,30 +381,41 @@ class OrderStage(PartitionedStage):
         self._changed[key] = entry
         return entry
 
-    def _evaluate(self, entry: OrderEntry, now: datetime, wall: datetime) -> None:
+    def _evaluate(
+        self, entry: OrderEntry, now: datetime, wall: datetime, until_us: int | None = None
+    ) -> None:
+        # With `until_us`, again at each next instant up to it (the order's own chain of
+        # event times and deadlines), without a round trip through the wheel for each.
         state = entry.state
-        outcome = self.ghost_rules.evaluate(
-            state, entry.ghosts, now, wall, silent=self.freshness.silent
-        )
-        self.wheel.schedule_us(state.order_id, outcome.next_us)
+        while True:
+            outcome = self.ghost_rules.evaluate(
+                state, entry.ghosts, now, wall, silent=self.freshness.silent
+            )
+            for source in outcome.held:
+                self.wheel.hold(state.order_id, source)
+            for emit in outcome.emits:
+                self._emit(emit)
+            next_us = outcome.next_us
+            if until_us is None or next_us is None or next_us > until_us:
+                break
+            now = from_us(next_us)
+        self.wheel.schedule_us(state.order_id, next_us)
         if outcome.judged is not None:
-            # Consistency as of the time the order was judged: events read ahead of the
-            # watermark count from their own time, as for the ghost rules.
+            # Consistency as of the time the order was last judged: events read ahead of
+            # the watermark count from their own time, as for the ghost rules.
             self.consistency.update_from(outcome.judged)
-        for source in outcome.held:
-            self.wheel.hold(state.order_id, source)
-        for emit in outcome.emits:
-            self._emit(emit)
 
     def _run_due(self, watermark: datetime, wall: datetime) -> None:
         # Each due order is looked at its own deadline, before the event that moved the
-        # watermark is applied (see TimerWheel); repeat until nothing more is due.
+        # watermark is applied (see TimerWheel), then at each of its next instants up to
+        # the watermark; repeat until nothing more is due.
+        until_us = as_us(watermark)
         while due := self.wheel.due(watermark):
             for order_id, at in due:
                 key = raw_key(order_id)
                 if key not in self._touched and key not in self.table.data:
                     continue
-                self._evaluate(self._entry(key), at, wall)
+                self._evaluate(self._entry(key), at, wall, until_us)
 
     def _emit(self, emit: Anomaly | Command) -> None:
         if isinstance(emit, Command):

@@ -685,7 +685,7 @@ def _judge(
     their own time on, so the next look is due by the first of them."""
     state = latest.as_of(now)
     findings, next_us, since = _scan(th, state, since_us, now)
-    coming = latest.next_event_after(now)
+    coming = None if state is latest else latest.next_event_after(now)
     if coming is not None and (next_us is None or coming < next_us):
         next_us = coming
     return state, findings, next_us, since
