@@ -177,16 +177,20 @@ _ADDRESS_KEY_PARTS = ("address", "addr", "street", "ship_to", "shipto", "地址"
 _COARSE_ADDRESS_KEYS = frozenset({"country", "province", "state", "city", "region", "zip"})
 
 
+# How a value is rewritten: by its key's kind ("" = anything else, "id" = kept as is).
+_GENERAL, _ID, _PHONE, _ADDRESS = "", "id", "phone", "address"
+
+
 @functools.lru_cache(maxsize=4096)
 def _key_kind(key: str) -> str:
     k = key.casefold()
     if k in _ID_KEYS:
-        return "id"
+        return _ID
     if k in _PHONE_KEYS or any(part in k for part in _PHONE_KEY_PARTS):
-        return "phone"
+        return _PHONE
     if any(part in k for part in _ADDRESS_KEY_PARTS):
-        return "address"
-    return ""
+        return _ADDRESS
+    return _GENERAL
 
 
 def scrub_text(text: str) -> str:
@@ -198,19 +202,64 @@ def scrub_text(text: str) -> str:
     return _CN_ADDRESS_IN_TEXT.sub(lambda m: mask_address(m.group(0)), text)
 
 
-def _mask_phone_value(value: Any) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str | int):
-        return mask_phone(str(value))
+# How deep `scrub` follows nested objects and lists. Anything deeper is replaced by
+# TOO_DEEP: orjson writes at most 254 levels, and an accepted event is at most ~200 deep
+# (pydantic's parser limit), so only hostile input (dead letters) reaches it.
+MAX_SCRUB_DEPTH = 200
+TOO_DEEP = "[nested too deep]"
+
+
+def scrub(value: Any, key: str = "") -> Any:
+    """A JSON-like value with phones and addresses masked at any depth (iterative: no
+    nesting exhausts the stack); containers nested deeper than MAX_SCRUB_DEPTH become
+    TOO_DEEP."""
+    todo: list[tuple[Any, Any, str, int]] = []
+    root = _scrub_node(value, _key_kind(key) if key else _GENERAL, 0, todo)
+    while todo:
+        # A container and its empty copy, queued by _scrub_node: filled in the input's order.
+        item, out, kind, depth = todo.pop()
+        if type(out) is list:
+            child = kind if kind in (_PHONE, _ADDRESS) else _GENERAL
+            out += [_scrub_node(v, child, depth, todo) for v in item]
+            continue
+        for k, v in item.items():
+            name = str(k)
+            out[name] = _scrub_node(v, kind if kind == _PHONE else _key_kind(name), depth, todo)
+    return root
+
+
+def _scrub_node(value: Any, kind: str, depth: int, todo: list[tuple[Any, Any, str, int]]) -> Any:
+    # A leaf scrubbed now; a container's copy made empty and queued with it.
+    t = type(value)
+    if t is str:  # the common cases first, by exact type
+        return scrub_text(value) if kind == _GENERAL else _scrubbed_leaf(value, kind)
+    if value is None or t is int or t is float or t is bool:
+        return value if kind in (_GENERAL, _ID) else _scrubbed_leaf(value, kind)
     if isinstance(value, list | tuple):
-        return [_mask_phone_value(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _mask_phone_value(v) for k, v in value.items()}
-    return mask_phone(str(value))
+        copy: Any = []
+    elif isinstance(value, Mapping) and kind != _ADDRESS:
+        copy = {}
+    else:
+        return _scrubbed_leaf(value, kind)
+    if depth >= MAX_SCRUB_DEPTH:
+        return TOO_DEEP
+    todo.append((value, copy, kind, depth + 1))
+    return copy
 
 
-def _mask_address_value(value: Any) -> Any:
+def _scrubbed_leaf(value: Any, kind: str) -> Any:
+    # Not a container, or an address mapping (masked whole, one level deep).
+    if kind == _PHONE:
+        return value if value is None or isinstance(value, bool) else mask_phone(str(value))
+    if kind == _ADDRESS:
+        return _masked_address(value)
+    if isinstance(value, str):
+        return value if kind == _ID else scrub_text(value)
+    return value
+
+
+def _masked_address(value: Any) -> Any:
+    # A mapping keeps its coarse parts (city, zip, ...) and masks the rest, one level deep.
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, Mapping):
@@ -218,29 +267,7 @@ def _mask_address_value(value: Any) -> Any:
             str(k): scrub_text(str(v)) if str(k).casefold() in _COARSE_ADDRESS_KEYS else "***"
             for k, v in value.items()
         }
-    if isinstance(value, list | tuple):
-        return [_mask_address_value(v) for v in value]
     return mask_address(str(value))
-
-
-def scrub(value: Any, key: str = "") -> Any:
-    """A JSON-like value with phones and addresses masked at any depth."""
-    kind = _key_kind(key) if key else ""
-    if kind == "phone":
-        return _mask_phone_value(value)
-    if kind == "address":
-        return _mask_address_value(value)
-    if type(value) is str:
-        return value if kind == "id" else scrub_text(value)
-    if value is None or type(value) in (int, float, bool):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): scrub(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
-    if isinstance(value, str) and kind != "id":
-        return scrub_text(value)
-    return value
 
 
 def masked_json(value: Any) -> str:

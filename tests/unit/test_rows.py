@@ -197,6 +197,63 @@ def test_ids_that_look_like_phones_are_left_alone() -> None:
     assert rows.scrub(body) == body
 
 
+def nested(depth: int, leaf: object) -> object:
+    """`leaf` inside `depth` objects, alternating with lists, built without recursion."""
+    value = leaf
+    for level in range(depth):
+        value = {"a": value} if level % 2 else [value]
+    return value
+
+
+def depth_of(value: object) -> int:
+    """Containers nested in `value`, counted without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            todo += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            todo += [(v, depth + 1) for v in item]
+    return deepest
+
+
+def test_scrub_survives_any_nesting_and_bounds_it() -> None:
+    """A poison pill: 5,000 levels exhausted the stack (RecursionError) and stopped the stage."""
+    body = {"phone": PHONE, "attrs": nested(5000, {"mobile": PHONE, "note": f"call {PHONE}"})}
+    scrubbed = rows.scrub(body)
+    assert scrubbed["phone"] == "138****8000"
+    assert depth_of(scrubbed) == rows.MAX_SCRUB_DEPTH
+    assert rows.TOO_DEEP in rows.masked_json(body)
+    # Within the bound, what is deep is masked like what is shallow.
+    shallow = rows.scrub(nested(150, {"mobile": PHONE, "note": f"call {PHONE}"}))
+    assert PHONE not in orjson.dumps(shallow).decode()
+    assert "138****8000" in orjson.dumps(shallow).decode()
+
+
+@pytest.mark.parametrize("depth", [300, 900])
+def test_dead_letter_of_deeply_nested_json_is_stored_masked(depth: int) -> None:
+    """JSON orjson parses (up to 1,024 levels) but pydantic rejects: the dead-letter row is
+    made, its body masked and cut at MAX_SCRUB_DEPTH (before: TypeError past orjson's 254
+    levels on the way out, RecursionError past ~490 on the way in)."""
+    pairs = depth // 2  # an object and a list per pair
+    raw = b'{"phone": "%s", "attrs": %s"x"%s}' % (PHONE.encode(), b'{"a":[' * pairs, b"]}" * pairs)
+    row = rows.dead_letter_row(
+        topic="t.crm.events",
+        partition=0,
+        offset=7,
+        key=b"CS-1",
+        reason="invalid_json",
+        error="recursion limit exceeded",
+        received_at=T0,
+        original=raw,
+    )
+    stored = orjson.loads(base64.b64decode(row["original_b64"]))
+    assert stored["phone"] == "138****8000"
+    assert depth_of(stored) == rows.MAX_SCRUB_DEPTH
+    assert row["original_sha256"] == hashlib.sha256(raw).hexdigest()
+
+
 def test_customer_id_that_is_a_phone_is_hashed() -> None:
     assert rows.safe_customer_id("C-1", phones=PHONES) == "C-1"
     assert rows.safe_customer_id(None, phones=PHONES) == ""
