@@ -129,7 +129,7 @@ def _held_overflow(ev: Events) -> list[FuzzRecord]:
     return out
 
 
-@hostile_class("sequence/held-bytes")
+@hostile_class("sequence/held-bytes", once=True)
 def _held_bytes(ev: Events) -> list[FuzzRecord]:
     # Fewer events, but more bytes than a reference may hold.
     source = ev.rng.choice(SOURCES[1:])
