@@ -1,5 +1,6 @@
 """What the fuzz sends: records with the class they belong to and the fate each must meet,
-and the valid change events (contract §2) the classes start from."""
+the valid change events (contract §2) the classes start from, and the corpus's register of
+classes with the helpers they share."""
 
 from __future__ import annotations
 
@@ -188,7 +189,7 @@ def one(
     event.update(fields)
     for name in drop:
         event.pop(name, None)
-    raw = orjson.dumps(event) if value is None else value(event)
+    written = orjson.dumps(event) if value is None else value(event)
     if fate == FRESH:
         fate = fresh_fate(event)
-    return FuzzRecord(kind, topic, ref if key == "ref" else key, raw, fate)
+    return FuzzRecord(kind, topic, ref if key == "ref" else key, written, fate)

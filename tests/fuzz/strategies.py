@@ -249,6 +249,8 @@ def mutated_events(now: datetime) -> Any:
 def examples(strategy: Any, count: int, seed: int) -> list[Any]:
     """`count` values of `strategy`, the same for the same seed (fewer if it runs dry)."""
     found: list[Any] = []
+    if count <= 0:
+        return found
 
     @hypothesis_seed(seed)
     @settings(
