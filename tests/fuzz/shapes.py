@@ -231,7 +231,11 @@ def _depth(ev: Events) -> list[FuzzRecord]:
     return [
         one(ev, "depth/32", FRESH, value=lambda e: _deep_attrs(e, DEPTH)),
         one(ev, "depth/33", "too_deep", value=lambda e: _deep_attrs(e, DEPTH + 1)),
+        # Past orjson's limits of writing (254) and reading (1024), and Python's recursion.
+        one(ev, "depth/300", "too_deep", value=lambda e: _deep_attrs(e, 300)),
+        one(ev, "depth/600", "too_deep", value=lambda e: _deep_attrs(e, 600)),
         one(ev, "depth/900", "too_deep", value=lambda e: _deep_attrs(e, 900)),
+        one(ev, "depth/1024", "too_deep", value=lambda e: _deep_attrs(e, 1024)),
         one(ev, "depth/5000", "too_deep", value=lambda e: _deep_attrs(e, 5000)),
         # An array at the top of attrs is refused by the schema, but only after the scan.
         one(ev, "depth/arrays-5000", "too_deep", value=lambda e: _deep_attrs(e, 5000, **arrays)),
