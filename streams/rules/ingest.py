@@ -426,7 +426,10 @@ def _beyond_limits(raw: bytes, limits: InputLimits) -> Rejection | None:
     return None
 
 
-_READINGS = ("stage", "phase", "marker")
+# Fields of the normalised event that ingest writes when it has them: a producer's own (no
+# contract field) would pass for ingest's reading, or name no stage at all (`occurred_us`,
+# `received_at` and `order_id` are written on every event).
+_INGESTS_OWN = ("stage", "phase", "marker", "linked_us")
 
 
 def _normalized(
@@ -445,9 +448,7 @@ def _normalized(
     order = body.get("order")
     if event.order is not None and event.order.placed_at is not None and isinstance(order, dict):
         order["placed_at"] = _iso_text(order.get("placed_at"), event.order.placed_at)
-    # What the status maps to is ingest's to say: a producer's own `stage`, `phase` or
-    # `marker` (no contract field) would pass for it, or name no stage at all.
-    for name in _READINGS:
+    for name in _INGESTS_OWN:
         body.pop(name, None)
     if isinstance(mapped, Stage):
         body["stage"] = mapped.value

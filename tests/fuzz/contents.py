@@ -268,6 +268,7 @@ INTERNAL = {
     "occurred_us": "soon",
     "order_id": 5,
     "received_at": "never",
+    "linked_us": "soon",
 }
 MARKERS = {"erp": "库存不足", "crm": "CLOSED", "wms": "SHORT_PICK", "logistics": "EXCEPTION"}
 

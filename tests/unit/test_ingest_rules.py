@@ -143,14 +143,16 @@ def test_nan_infinity_and_numbers_beyond_a_double_are_not_json(token: bytes):
     ("status", "stage", "marker"),
     [("库存不足", None, "allocation_failed"), ("SHIPPED", "shipped", None)],
 )
-def test_a_producers_own_stage_phase_or_marker_never_passes_for_ingests(
+def test_a_producers_own_stage_phase_marker_or_link_time_never_passes_for_ingests(
     status: str, stage: str | None, marker: str | None
 ):
     # A marker status with the producer's "stage": "delivered" would have moved the order to
     # delivered; with "stage": "bogus", the per-order stage raised on it at every restart.
     for theirs in ("delivered", "bogus"):
         event = {**_erp(AT.isoformat()), "status": status}
-        body = _forwarded({**event, "stage": theirs, "phase": theirs, "marker": theirs})
+        fields = {"stage": theirs, "phase": theirs, "marker": theirs, "linked_us": theirs}
+        body = _forwarded({**event, **fields})
         assert (body.get("stage"), body.get("marker")) == (stage, marker)
+        assert "linked_us" not in body  # ingest's alone, when an event waited for its link
         assert body.get("phase") == (None if stage is None else PHASE_OF[Stage(stage)].value)
         OrderJoin(PHONES).apply(OrderState(order_id="SO1"), body)
