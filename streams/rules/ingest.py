@@ -283,10 +283,18 @@ class IngestRules:
         if event.event_id in state.seen:
             return Applied(Outcome.DUPLICATE)
 
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            # The schema's parser takes NaN, ±Infinity and numbers beyond a double (1e400): not
+            # JSON (RFC 8259), and nothing downstream could write them again.
+            return Applied(
+                Outcome.REJECTED, rejection=Rejection(Reason.INVALID_JSON, f"not JSON: {exc}")
+            )
         if self._received is None or self._received[0] is not received_at:
             self._received = (received_at, received_at.isoformat())
         normalized = _normalized(
-            raw,
+            body,
             event,
             mapped,
             self._received[1],
@@ -452,18 +460,30 @@ def _beyond_limits(raw: bytes, limits: InputLimits) -> Rejection | None:
     return None
 
 
+# Fields of the normalised event that ingest writes when it has them: a producer's own (no
+# contract field) would pass for ingest's reading, or name no stage at all (`occurred_us`,
+# `received_at` and `order_id` are written on every event).
+_INGESTS_OWN = ("stage", "phase", "marker", "linked_us")
+
+
 def _normalized(
-    raw: bytes, event: ChangeEvent, mapped: Stage | Marker, received_at: str, event_us: int
+    body: dict[str, Any],
+    event: ChangeEvent,
+    mapped: Stage | Marker,
+    received_at: str,
+    event_us: int,
 ) -> dict[str, Any]:
-    # The original object, every unknown field kept, plus what ingest learned. Timestamps
-    # leave in a form `datetime.fromisoformat` reads as the same instant (the schema also
-    # takes epoch numbers and a lowercase `z`), and the event time as µs besides.
-    body: dict[str, Any] = orjson.loads(raw)
+    # The original object (`body`, changed in place), every unknown field kept, plus what
+    # ingest learned. Timestamps leave in a form `datetime.fromisoformat` reads as the same
+    # instant (the schema also takes epoch numbers and a lowercase `z`), and the event time
+    # as µs besides.
     body["occurred_at"] = _iso_text(body.get("occurred_at"), event.occurred_at)
     body["occurred_us"] = event_us
     order = body.get("order")
     if event.order is not None and event.order.placed_at is not None and isinstance(order, dict):
         order["placed_at"] = _iso_text(order.get("placed_at"), event.order.placed_at)
+    for name in _INGESTS_OWN:
+        body.pop(name, None)
     if isinstance(mapped, Stage):
         body["stage"] = mapped.value
         body["phase"] = PHASE_OF[mapped].value

@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from schemas.events import ChangeEvent
-from schemas.stages import Source
+from schemas.stages import PHASE_OF, Source, Stage
 from schemas.status_map import default_status_map
 from streams.ingest import envelope
-from streams.rules.ingest import IngestRules, Origin, Outcome, RefState, Rejection
+from streams.rules.ingest import IngestRules, Origin, Outcome, Reason, RefState, Rejection
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.watermark import as_us, occurred_us
 from tests.phones import PHONES
@@ -158,3 +158,42 @@ def test_what_waited_for_a_link_counts_for_the_order_from_the_link() -> None:
     assert _apply(state, _crm("c5", 55, "SO1")) == (Outcome.ACCEPTED, [("SO1", None)])
     assert state.since_us == as_us(AT + timedelta(minutes=55))
     assert RefState.from_json(orjson.loads(orjson.dumps(state.to_json()))) == state
+
+
+# --- what a producer cannot put into a normalised event (found by tests/fuzz) -------------
+
+
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_nan_infinity_and_numbers_beyond_a_double_are_not_json(token: bytes):
+    # The schema's parser takes them; orjson, which forwards the event, does not: before,
+    # apply raised and the ingest stage crashed on the record at every restart.
+    event = _erp(AT.isoformat())
+    raw = orjson.dumps({**event, "attrs": {"x": "?"}}).replace(b'"?"', token)
+    decoded = RULES.decode(raw, Source.ERP, RECEIVED)
+    assert isinstance(decoded, ChangeEvent)
+    state = RefState()
+    applied = RULES.apply(decoded, raw, state, RECEIVED, origin=Origin(0, 0, None))
+    assert applied.outcome is Outcome.REJECTED
+    assert applied.rejection is not None
+    assert applied.rejection.reason is Reason.INVALID_JSON
+    assert applied.forward == []
+    assert state == RefState()  # not remembered: the same event, fixed, is taken
+
+
+@pytest.mark.parametrize(
+    ("status", "stage", "marker"),
+    [("库存不足", None, "allocation_failed"), ("SHIPPED", "shipped", None)],
+)
+def test_a_producers_own_stage_phase_marker_or_link_time_never_passes_for_ingests(
+    status: str, stage: str | None, marker: str | None
+):
+    # A marker status with the producer's "stage": "delivered" would have moved the order to
+    # delivered; with "stage": "bogus", the per-order stage raised on it at every restart.
+    for theirs in ("delivered", "bogus"):
+        event = {**_erp(AT.isoformat()), "status": status}
+        fields = {"stage": theirs, "phase": theirs, "marker": theirs, "linked_us": theirs}
+        body = _forwarded({**event, **fields})
+        assert (body.get("stage"), body.get("marker")) == (stage, marker)
+        assert "linked_us" not in body  # ingest's alone, when an event waited for its link
+        assert body.get("phase") == (None if stage is None else PHASE_OF[Stage(stage)].value)
+        OrderJoin(PHONES).apply(OrderState(order_id="SO1"), body)
