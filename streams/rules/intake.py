@@ -110,56 +110,78 @@ class IntakeTimes(NamedTuple):
     def history(self) -> IntakeHistory:
         """What the order counts for as of every instant (that of `OrderState.as_of`), as the
         few instants at which it changes."""
-        instants = {since for _, since in (*self.failures, *self.reservations)}
+        # (from when it counts, what: 0 created, 1 reserved, 2 failed, when it happened)
+        marks = [(since, 1, at) for at, since in self.reservations]
+        marks += [(since, 2, at) for at, since in self.failures]
         if self.created is not None:
-            instants.add(self.created[1])
+            marks.append((self.created[1], 0, self.created[0]))
+        marks.sort()
         steps: list[tuple[int, OrderIntake]] = []
         last = NO_INTAKE
-        for t in sorted(instants):
-            now = self._as_of(t)
+        created = reserved = failed = None
+        for i, (since, what, at) in enumerate(marks):
+            if what == 0:
+                created = at // _MINUTE_US
+            elif what == 1:
+                reserved = at if reserved is None else min(reserved, at)
+            else:
+                failed = at if failed is None else min(failed, at)
+            if i + 1 < len(marks) and marks[i + 1][0] == since:
+                continue  # the order as of `since` takes every mark there
+            if failed is not None:
+                now = OrderIntake(created, failed // _MINUTE_US, True)
+            else:
+                now = OrderIntake(created, None if reserved is None else reserved // _MINUTE_US)
             if now != last:
-                steps.append((t, now))
+                steps.append((since, now))
                 last = now
         return tuple(steps)
-
-    def _as_of(self, t: int) -> OrderIntake:
-        created = None
-        if self.created is not None and self.created[1] <= t:
-            created = self.created[0] // _MINUTE_US
-        failed = min((at for at, since in self.failures if since <= t), default=None)
-        if failed is not None:
-            return OrderIntake(created, failed // _MINUTE_US, True)
-        reserved = min((at for at, since in self.reservations if since <= t), default=None)
-        return OrderIntake(created, None if reserved is None else reserved // _MINUTE_US)
 
 
 def intake_times(state: OrderState, reserving: Iterable[Source] = STOCK_SYSTEMS) -> IntakeTimes:
     """The event times the order's counts depend on; a function of its events, whatever their
     arrival order (compare them before and after an event: they change far less often)."""
+    systems = state.systems
     created = None
-    erp = state.systems.get(Source.ERP)
+    erp = systems.get(Source.ERP)
     if erp is not None and erp.firsts:
-        at = min(first[0] for first in erp.firsts.values())
+        at = min(erp.firsts.values())[0]  # each is (time, event id)
         created = (at, _counts_from(at, erp.known_us))
-    failures: list[tuple[int, int]] = []
-    reservations: list[tuple[int, int]] = []
+    failures: tuple[tuple[int, int], ...] = ()
+    reservations: tuple[tuple[int, int], ...] = ()
     for source in reserving:
-        view = state.systems.get(source)
+        view = systems.get(source)
         if view is None:
             continue
         if view.failed_us is not None:
-            failures.append((view.failed_us, _counts_from(view.failed_us, view.known_us)))
+            failures = _with(failures, view.failed_us, _counts_from(view.failed_us, view.known_us))
         # `picking` is on the fulfilling phase too: a system picking the goods has them.
         first = view.firsts.get(Phase.FULFILLING)
         if first is not None:
-            reservations.append((first[0], _counts_from(first[0], view.known_us)))
-    return IntakeTimes(created, tuple(failures), tuple(reservations))
+            at = first[0]
+            reservations = _with(reservations, at, _counts_from(at, view.known_us))
+    return IntakeTimes(created, failures, reservations)
 
 
 def order_intake(state: OrderState, reserving: Iterable[Source] = STOCK_SYSTEMS) -> OrderIntake:
     """What the order counts for once all its events count."""
     history = intake_times(state, reserving).history()
     return history[-1][1] if history else NO_INTAKE
+
+
+def _with(times: tuple[tuple[int, int], ...], at: int, since: int) -> tuple[tuple[int, int], ...]:
+    # `times` and (at, since), less any that is never the earliest counted: one that happened
+    # no earlier and counts no sooner than another (the WMS's mirror of the ERP's
+    # reservation). The common case keeps one.
+    if not times:
+        return ((at, since),)
+    kept = [(at, since)]
+    for a, s in times:
+        if a <= at and s <= since:
+            return times
+        if at > a or since > s:
+            kept.append((a, s))
+    return tuple(kept)
 
 
 def _counts_from(at_us: int, known_us: int | None) -> int:
