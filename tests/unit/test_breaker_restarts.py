@@ -2,7 +2,8 @@
 (tests/stage_harness.py) on a generated day whose promotion peak trips the breaker, killed
 every few batches and restarted, give the uninterrupted run's warnings, throttle and resume:
 the same ids, states and times, the same command payloads, the same figures in each anomaly.
-And those are the oracle's.
+And those are the oracle's. After a restart each partition's counts, rebuilt from its order
+states, are the counts it sent before.
 
 Before the per-partition snapshots, the per-order stage sent the breaker per-batch deltas.
 After a restart it read its partitions again from the committed offsets in batches cut
@@ -18,6 +19,7 @@ import functools
 import random
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
@@ -25,6 +27,8 @@ import pytest
 
 from schemas.settings import Settings
 from streams.rules.breaker import BreakerSettings
+from streams.rules.intake import IntakeCounts
+from streams.topics import TopicNames
 from tests.logs import FeedLog, Knobs, generate_with
 from tests.oracle import OracleSettings, expected
 from tests.oracle.compare import Actual, diff
@@ -37,6 +41,8 @@ SETTINGS = Settings(
     clickhouse_enabled=False,
     breaker=BreakerSettings(min_orders=40, failure_rate=0.1),
 )
+NAMES = TopicNames.from_settings(SETTINGS)
+T0 = datetime(2026, 3, 2, tzinfo=UTC)  # the day's start: a mark that moves no event time
 ORACLE = OracleSettings(breaker=BreakerRules(min_orders=40, failure_rate=Fraction(1, 10)))
 BREAKER_TYPES = {"intake_overload", "intake_throttled"}
 BREAKER_KINDS = {"intake.throttle", "intake.resume"}
@@ -116,3 +122,46 @@ def test_killed_every_few_batches_the_breaker_says_what_it_said_uninterrupted(
     assert breaker_outputs(got) == breaker_outputs(want)
     assert figures(got) == figures(want)
     assert not set(got.conflicts) & set(breaker_outputs(got)[1])
+
+
+def sent_counts(records: list[Any]) -> dict[str, tuple[int, IntakeCounts]]:
+    """The last counts each partition sent on the breaker topic, with their offsets."""
+    out = {}
+    for record in records:
+        body = record.json()
+        if "counts" in body:
+            out[body["origin"]] = (body["seq"], IntakeCounts.from_json(body["counts"]))
+    return out
+
+
+def from_floor(counts: IntakeCounts, floor: int) -> tuple[dict[Any, list[int]], ...]:
+    """The minutes of `counts` from `floor` on."""
+    later = {key: row for key, row in counts.later.items() if key[0] >= floor}
+    return {m: row for m, row in counts.buckets.items() if m >= floor}, later
+
+
+def test_a_restart_rebuilds_each_partitions_counts_from_its_order_states() -> None:
+    pipeline = Pipeline(SETTINGS, batch_size=200)  # every batch committed
+    events = promotion_day().events
+    for part in batches(events[: len(events) // 2], 400):
+        pipeline.publish(part)
+        pipeline.run()
+    before = sent_counts(pipeline.records(NAMES.breaker))
+    sent = len(pipeline.records(NAMES.breaker))
+    pipeline.crash()
+    pipeline.publish_watermark(T0)  # a batch of the per-order stage with no event in it
+    pipeline.run()
+    after = sent_counts(pipeline.records(NAMES.breaker)[sent:])
+    assert sorted(after) == sorted(before) == [f"{NAMES.normalized}/{p}" for p in range(4)]
+    for origin, (offset, counts) in before.items():
+        # Sent at no offset: a breaker holding the partition's counts at `offset` drops them.
+        assert offset > 0
+        assert after[origin][0] == -1
+        rebuilt = after[origin][1]
+        # The same counts, from the later of the two floors (the rebuilt counts keep what a
+        # window can see at the event time the states were written with).
+        assert counts.floor is not None
+        assert rebuilt.floor is not None
+        floor = max(counts.floor, rebuilt.floor)
+        assert from_floor(rebuilt, floor) == from_floor(counts, floor)
+        assert from_floor(counts, floor)[0]  # something to compare
