@@ -52,7 +52,7 @@ def snapshot_record(
     for the breaker topic."""
     body: dict[str, Any] = {"origin": origin, "seq": seq, "wm": watermark_us}
     if counts is not None:
-        body["counts"] = counts.to_json()
+        body["snapshot"] = counts.to_json()
     return Outgoing(topics.breaker, STATE_KEY, orjson.dumps(body), None, 0)
 
 
@@ -114,8 +114,10 @@ class BreakerStage(PartitionedStage):
                         )
                     )
                 continue
-            if "counts" in body:
-                intake.fold(body["origin"], body["seq"], IntakeCounts.from_json(body["counts"]))
+            # An earlier release's per-batch deltas (`counts`) are no snapshots: skipped; the
+            # counts every partition sends after the upgrade's restart replace them.
+            if "snapshot" in body:
+                intake.fold(body["origin"], body["seq"], IntakeCounts.from_json(body["snapshot"]))
             if body.get("wm") is not None:
                 marks[body["origin"]] = max(marks.get(body["origin"], 0), body["wm"])
         evaluations: list[Evaluation] = []

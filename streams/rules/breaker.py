@@ -55,13 +55,13 @@ They are a function of the partition's order states: updated event by event (an 
 moves only when the event times its counts depend on change) and rebuilt from the states
 after every assignment, to the same counts. After each batch the worker sends each
 partition's counts whole, a snapshot, to a single-partition internal topic as
-`{origin: "<topic>/<partition>", seq: <last input offset read>, counts: counts.to_json(),
-wm: <its watermark>}` (the counts only when they changed since it last sent them; the
-watermark always, so the quietest partition never holds the clock). One breaker agent
-consumes that partition, so exactly one `Breaker` exists in the consumer group; it keeps
-each origin's latest snapshot (`PartitionSnapshots`) and calls `tick` with their sum at the
-minimum of the origins' watermarks, so every minute before an evaluation instant has
-arrived from every partition when that instant is evaluated.
+`{origin: "<topic>/<partition>", seq: <last input offset read>, snapshot:
+counts.to_json(), wm: <its watermark>}` (the counts only when they changed since it last
+sent them; the watermark always, so the quietest partition never holds the clock). One
+breaker agent consumes that partition, so exactly one `Breaker` exists in the consumer
+group; it keeps each origin's latest snapshot (`PartitionSnapshots`) and calls `tick` with
+their sum at the minimum of the origins' watermarks, so every minute before an evaluation
+instant has arrived from every partition when that instant is evaluated.
 
 Why snapshots: after a crash the per-order stage reads its partitions again from the
 committed offsets, in batches cut elsewhere. A delta per batch, folded once per (origin,

@@ -129,8 +129,8 @@ def sent_counts(records: list[Any]) -> dict[str, tuple[int, IntakeCounts]]:
     out = {}
     for record in records:
         body = record.json()
-        if "counts" in body:
-            out[body["origin"]] = (body["seq"], IntakeCounts.from_json(body["counts"]))
+        if "snapshot" in body:
+            out[body["origin"]] = (body["seq"], IntakeCounts.from_json(body["snapshot"]))
     return out
 
 
