@@ -11,15 +11,16 @@ What one order counts for (why these, the "What is counted" part of streams.rule
 
 As of an instant T, the order counts for what its events up to T (by event time, from when
 they count for the order: `SystemView.known_us`) show: `OrderState.as_of(T)`. Each figure is
-a min over events, so a later event never changes an earlier instant's answer but once: a
-failure at t2 after a success at t1 makes the order failed at t2 for the evaluations from t2
-on, and leaves it a success at t1 for those before. `intake_times` reads the few event times
-this depends on from the order's state; `IntakeTimes.history` turns them into what the order
-counts for from each instant that changes it; `IntakeCounts.count` adds that history up in
-minute buckets, each count visible from the instant it holds (`IntakeCounts.later`). The
-counts of a set of orders are therefore a function of their states alone: whatever the
-arrival order, batching, re-sends or crashes, the same states give the same counts, and
-rebuilding them from the states gives what counting event by event gave.
+a min over events, so an event changes what the order counts for only from the instant it
+counts on: a failure at t2 after a success at t1 makes the order failed at t2 for the
+evaluations from t2 on, and leaves it a success at t1 for those before. `intake_times` reads
+the few event times this depends on from the order's state; `IntakeTimes.history` turns them
+into what the order counts for from each instant that changes it; `IntakeCounts.count` adds
+that history up in minute buckets, each count visible from the instant it holds
+(`IntakeCounts.later`). The counts of a set of orders are therefore a function of their
+states alone: whatever the arrival order, batching, re-sends or crashes, the same states
+give the same counts, and rebuilding them from the states gives what counting event by event
+gave.
 
 A partition's counts travel whole (`PartitionSnapshots`): the breaker keeps each input
 partition's latest snapshot by offset and sums them; see streams/breaker.py.
@@ -104,8 +105,10 @@ class IntakeTimes(NamedTuple):
     counts for the order): the later of the two when its system's events waited in ingest."""
 
     created: tuple[int, int] | None = None  # the ERP's earliest stage event
-    failures: tuple[tuple[int, int], ...] = ()  # each reserving system's earliest failure
-    reservations: tuple[tuple[int, int], ...] = ()  # each one's earliest fulfilling event
+    # The reserving systems' earliest failures and earliest events at `fulfilling`, those of
+    # them that can be the earliest counted at some instant (usually one).
+    failures: tuple[tuple[int, int], ...] = ()
+    reservations: tuple[tuple[int, int], ...] = ()
 
     def history(self) -> IntakeHistory:
         """What the order counts for as of every instant (that of `OrderState.as_of`), as the
