@@ -4,7 +4,10 @@
 
 Runs the day's valid events through the rules the worker runs, in its order: ingest
 (decode, status map, re-send check, crosswalk), the per-order join, refresh latency and
-consistency, the ghost rules, and dedupe (fingerprint + sliding window, on ERP orders only).
+consistency, the ghost rules, the breaker's intake counts (the ERP's and the reserving
+systems' events; the counts encoded whole every `SNAPSHOT_EVERY` events, as the per-order
+stage sends them after a batch), and dedupe (fingerprint + sliding window, on ERP orders
+only).
 Prints µs per event for each and the share of the total, so the cost of one capability
 (say, dedupe) reads next to the others measured in the same run.
 """
@@ -37,9 +40,15 @@ from streams.rules.ingest import (
     Rejection,
     state_key,
 )
+from streams.rules.intake import DEFAULT_WINDOW, STOCK_SYSTEMS, IntakeCounts, intake_times
 from streams.rules.order_state import OrderJoin, OrderState
 from streams.rules.refresh_latency import LatencyWindow
-from streams.rules.watermark import Watermark, as_us, from_us
+from streams.rules.watermark import DEFAULT_ALLOWED_LATENESS, Watermark, as_us, from_us
+
+# Events per snapshot of the intake counts: a batch of the per-order stage is at least one
+# envelope (up to 500 events).
+SNAPSHOT_EVERY = 500
+INTAKE_SOURCES = frozenset({Source.ERP, *STOCK_SYSTEMS})
 
 
 def main() -> None:
@@ -58,6 +67,8 @@ def main() -> None:
     orders: dict[str, OrderState] = {}
     books: dict[str, GhostState] = {}
     windows: dict[str, FingerprintWindow] = defaultdict(FingerprintWindow)
+    intake = IntakeCounts()
+    kept = DEFAULT_ALLOWED_LATENESS + DEFAULT_WINDOW  # the minutes a snapshot holds
     spent: dict[str, float] = defaultdict(float)
     wall = datetime.now(UTC)
     clock = time.perf_counter
@@ -79,6 +90,11 @@ def main() -> None:
             forwarded += 1
             t = clock()
             state = orders.setdefault(order_id, OrderState(order_id=order_id))
+            counted = Source(body["source"]) in INTAKE_SOURCES
+            had_intake = intake_times(state) if counted else None
+            spent["intake"] += clock() - t
+
+            t = clock()
             had_facts = state.facts is not None
             change = join.apply(state, body)
             spent["join"] += clock() - t
@@ -89,6 +105,16 @@ def main() -> None:
             consistency.apply(change)
             now = from_us(watermark.observe_us(as_us(change.event_time), as_us(wall)))
             spent["KPIs"] += clock() - t
+
+            t = clock()
+            if had_intake is not None:
+                now_intake = intake_times(state)
+                if now_intake != had_intake:
+                    intake.move(had_intake.history(), now_intake.history())
+            if forwarded % SNAPSHOT_EVERY == 0:
+                intake.expire(now - kept)
+                orjson.dumps(intake.to_json())
+            spent["intake"] += clock() - t
 
             t = clock()
             book = books.setdefault(order_id, GhostState.new(order_id))

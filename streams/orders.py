@@ -30,7 +30,7 @@ from schemas.routing import RoutingTable
 from schemas.settings import Settings
 from schemas.stages import PHASE_OF, Source
 from sinks import metrics
-from streams.breaker import delta_record
+from streams.breaker import snapshot_record
 from streams.decisions import decision_dead_letter
 from streams.dedupe import placement
 from streams.outputs import anomaly_records, command_record
@@ -39,7 +39,7 @@ from streams.rules.consistency import ConsistencyTracker
 from streams.rules.freshness import SourceFreshness
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel
 from streams.rules.ingest import Reason
-from streams.rules.intake import IntakeCounts, order_intake
+from streams.rules.intake import IntakeCounts, IntakeTimes, intake_times
 from streams.rules.lifecycle import OpenGhosts, UnknownAnomaly, apply_decision
 from streams.rules.order_state import (
     OrderJoin,
@@ -171,7 +171,13 @@ class OrderStage(PartitionedStage):
         self._changed: dict[bytes, OrderEntry] = {}
         self._unwritten_new: set[bytes] = set()  # orders among them the table does not hold
         self._decoded: dict[bytes, OrderEntry] = {}  # least recently touched first
+        # Each partition's intake counts (streams/breaker.py), the partitions whose counts
+        # changed since they were last sent, and the watermark they were last sent with.
         self._intake: dict[int, IntakeCounts] = {}
+        self._intake_unsent: set[int] = set()
+        self._intake_sent_us: int | None = None
+        self._reserving = settings.breaker.reserving_systems
+        self._intake_sources = frozenset({Source.ERP, *self._reserving})
         self._outcomes: Counter[Outcome] = Counter()
         self._late: Counter[Source] = Counter()
         self._last_offset: dict[int, int] = {}
@@ -259,16 +265,15 @@ class OrderStage(PartitionedStage):
         entry = self._entry(key, partition)
         had_facts = entry.state.facts
         had_phone = had_facts.phone_hash if had_facts else None
-        reserving = self.settings.breaker.reserving_systems
-        had_intake = order_intake(entry.state, reserving)
+        # Only the ERP's and the reserving systems' events can change what the order counts for.
+        counted = source in self._intake_sources
+        had_intake = intake_times(entry.state, self._reserving) if counted else None
         change = self.join.apply(entry.state, body, event_us)
         self._outcomes[change.outcome] += 1
         if change.outcome is Outcome.DUPLICATE:
             return
-        intake = order_intake(entry.state, reserving)
-        if intake != had_intake:
-            # From the event's own time on: an evaluation before it sees the order as it was.
-            self._intake.setdefault(partition, IntakeCounts()).move(had_intake, intake, known_us)
+        if had_intake is not None:
+            self._count_intake(partition, entry.state, had_intake)
         if had_facts is None and entry.state.facts is not None:
             # The order's details, once, to the dedupe stage keyed by their fingerprint.
             self._out.append(
@@ -296,16 +301,38 @@ class OrderStage(PartitionedStage):
         else:
             self._evaluate(entry, watermark, wall)  # a late event: judged where time is
 
+    def _count_intake(self, partition: int, state: OrderState, had: IntakeTimes) -> None:
+        # The order's counts follow its state, as of each instant (streams.rules.intake).
+        now = intake_times(state, self._reserving)
+        if now != had:
+            counts = self._intake.setdefault(partition, IntakeCounts())
+            counts.move(had.history(), now.history())
+            self._intake_unsent.add(partition)
+
     def _ship_intake(self) -> None:
-        # Every partition this worker owns reports its counts and the worker's watermark, even
-        # with nothing counted (seq -1), so the breaker's clock, the minimum over partitions,
-        # follows the slowest worker rather than the quietest partition.
-        wm = self.watermark.value_us
+        # Every partition this worker owns reports the worker's watermark, even with nothing
+        # counted, so the breaker's clock, the minimum over partitions, follows the slowest
+        # worker rather than the quietest partition. Its counts go along, whole, when they
+        # changed since it last sent them, with its last offset read: they are a function of
+        # the events up to that offset, so the breaker drops them when sent again after a
+        # crash. Each partition keeps only the minutes a window can still see at the event
+        # time it last reported (less the allowed lateness): no event that is on time can
+        # change an earlier one, and the breaker keeps those from the reports that held them.
+        if self._intake_sent_us is not None:
+            breaker = self.settings.breaker
+            cut = from_us(self._intake_sent_us) - self.settings.allowed_lateness - breaker.window
+            for counts in self._intake.values():
+                counts.expire(cut)
+        wm = self._intake_sent_us = self.watermark.value_us
         for tp in sorted(self.assigned()):
-            offset = self._last_offset.pop(tp.partition, -1)
-            counts = self._intake.pop(tp.partition, None) or IntakeCounts()
-            origin = f"{self.topics.normalized}/{tp.partition}"
-            self._out.append(delta_record(self.topics, origin, offset, counts, wm))
+            partition = tp.partition
+            counts = None
+            if partition in self._intake_unsent:
+                counts = self._intake.get(partition) or IntakeCounts()
+            origin = f"{self.topics.normalized}/{partition}"
+            offset = self._last_offset.get(partition, -1)
+            self._out.append(snapshot_record(self.topics, origin, offset, counts, wm))
+        self._intake_unsent.clear()
 
     def _decide(self, msg: Any, body: dict[str, Any], wall: datetime) -> None:
         # An anomaly.ack / anomaly.resolve the decisions stage routed to the anomaly's order.
@@ -592,7 +619,8 @@ class OrderStage(PartitionedStage):
         mine = {tp.partition for tp in self.assigned()}
         self._partitions = await self._partition_count()
         # Only this worker's partitions: not standby copies of another worker's.
-        states = [(state, ghosts) for _, state, ghosts in self._held(mine)]
+        held = list(self._held(mine))
+        states = [(state, ghosts) for _, state, ghosts in held]
         # Event time resumes only where every partition of this worker says where it stood:
         # a partition with none has events to come of any age.
         written = [stored(self.table.data.get(watermark_key(p))) for p in sorted(mine)]
@@ -600,7 +628,23 @@ class OrderStage(PartitionedStage):
         if written and all(w is not None for w in written):
             resumed = min(w["watermark_us"] for w in written if w is not None)
         self.rebuild(states, self.wall_clock(), resumed)
+        self._rebuild_intake(((self._partition_of(k), s) for k, s, _ in held), resumed)
         log.info("per-order state: %d orders on partitions %s", len(states), sorted(mine))
+
+    def _rebuild_intake(
+        self, orders: Iterable[tuple[int, OrderState]], watermark_us: int | None
+    ) -> None:
+        # Each partition's counts from its orders' states: what counting event by event gave.
+        # Every partition sends them with its next report, at no offset: a breaker that holds
+        # a snapshot of it drops them, one that holds none (a first start) takes them.
+        self._intake = {}
+        self._last_offset = {}
+        for partition, state in orders:
+            history = intake_times(state, self._reserving).history()
+            if history:
+                self._intake.setdefault(partition, IntakeCounts()).count(history)
+        self._intake_unsent = {tp.partition for tp in self.assigned()}
+        self._intake_sent_us = watermark_us
 
     def _held(
         self, partitions: set[int] | None = None

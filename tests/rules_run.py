@@ -15,7 +15,7 @@
   time), one at or behind it at the watermark; then the mark moves the watermark and every
   order due by it is judged at its own deadline;
 * dedupe (streams/dedupe.py) on each placement, its clock the per-order watermark it carries
-  less `REPLAY_SLACK`; the breaker (streams/breaker.py) ticked with the batch's counts at
+  less `REPLAY_SLACK`; the breaker (streams/breaker.py) ticked with the counts at
   the per-order watermark.
 
 This is a copy of the stages' loops, line for line, not the stages themselves (the in-process
@@ -51,7 +51,7 @@ from streams.rules.consistency import ConsistencyTracker
 from streams.rules.dedupe import DedupeRules, FingerprintWindow, duplicate_anomaly
 from streams.rules.ghosts import GhostRules, GhostState, TimerWheel, evaluate_unlinked
 from streams.rules.ingest import IngestRules, Origin, Outcome, RefState, Rejection, state_key
-from streams.rules.intake import IntakeCounts, IntakeTotals, order_intake
+from streams.rules.intake import IntakeCounts, IntakeTotals, intake_times
 from streams.rules.order_state import OrderJoin, OrderState, counts_from_us
 from streams.rules.order_state import Outcome as JoinOutcome
 from streams.rules.refresh_latency import LatencyWindow
@@ -122,11 +122,10 @@ class RulesRun:
         self.latency = LatencyWindow()
         self.consistency = ConsistencyTracker()
         self.routing_rate = AutoRoutingRate()
-        self.intake = IntakeCounts()
+        self.intake = IntakeCounts()  # the orders' counts, as of each instant
         # dedupe and the breaker
         self.windows: dict[str, FingerprintWindow] = {}
         self.dedupe_clock = Watermark()
-        self.counts = IntakeCounts()
         self.figures: dict[int, IntakeTotals] = {}  # evaluation instant (µs) -> its figures
         # outputs
         self.anomalies: list[Anomaly] = []
@@ -266,10 +265,8 @@ class RulesRun:
         watermark = self.watermark.value_us
         if watermark is not None:
             self.routing_rate.expire(from_us(watermark))
-            # _ship_intake: the batch's counts, then the breaker at the per-order watermark.
-            self.counts.merge(self.intake)
-            self.intake = IntakeCounts()
-            self._emit_all(self.breaker.tick(self.counts, from_us(watermark), WALL))
+            # _ship_intake: the counts, then the breaker at the per-order watermark.
+            self._emit_all(self.breaker.tick(self.intake, from_us(watermark), WALL))
             for evaluation in self.breaker.evaluations:
                 self.figures[as_us(evaluation.at)] = evaluation.totals
 
@@ -283,13 +280,13 @@ class RulesRun:
         if entry is None:
             entry = self.orders[order_id] = _Order(OrderState(order_id), GhostState.new(order_id))
         had_facts = entry.state.facts
-        had_intake = order_intake(entry.state, self.reserving)
+        had_intake = intake_times(entry.state, self.reserving)
         change = self.join.apply(entry.state, body, event_us)
         if change.outcome is JoinOutcome.DUPLICATE:
             return
-        intake = order_intake(entry.state, self.reserving)
+        intake = intake_times(entry.state, self.reserving)
         if intake != had_intake:
-            self.intake.move(had_intake, intake, known_us)
+            self.intake.move(had_intake.history(), intake.history())
         if had_facts is None and entry.state.facts is not None:
             self._place(placement(order_id, body, watermark_us))
         for obs in change.observations:

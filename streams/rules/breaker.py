@@ -33,41 +33,49 @@ many systems report it and however often (`streams.rules.intake.order_intake`).
 
 An order's counts are a function of its per-order state, and that state is a function of
 the set of its events (each field a min or max over them), so the counts do not depend on
-arrival order, batching or re-sends. The orders stage reads them (`order_intake`) before
-and after each event and, when they changed, moves the order in its delta
-(`IntakeCounts.move`: -1 where it counted, +1 where it counts now), from the event time of
-the event that moved it. Summed over all deltas every order is in exactly one bucket per
-figure, where its final state puts it; an evaluation at instant I sees each order as its
-events up to I put it, however far ahead of I the rest were read (a move into an earlier
-minute than its cause, such as a success a later short pick takes back, waits in
-`IntakeCounts.later` for the evaluations from its cause on). Counting once at an
-order's first outcome, with no correction, was the alternative: no negative counts, but the
-count would follow the first event to *arrive* (a retry's success arriving before the
-failure it retried would count a success for good). An event re-applied after a crash to a
-state that already holds it changes nothing and moves nothing; one re-applied to the state
-as the last commit left it moves what its first application moved. (What this does not
-change: deltas are folded whole, by their last offset, so a crash after a delta went out and
-before its offsets were committed, replayed in batches cut elsewhere, folds the moves of the
-events between the old cut and the new one twice; as with counting events before.)
+arrival order, batching or re-sends. They are counted as of each instant: an evaluation at
+instant I sees each order as its events up to I show it (`OrderState.as_of`), however far
+ahead of I the rest were read. A success a later short pick takes back stays a success for
+the evaluations before the short pick; from it on the order is failed, at the short pick
+(streams.rules.intake: `IntakeTimes.history`, and `IntakeCounts.later` for the take-back,
+seen from its cause on). Counting once at an order's first outcome, with no correction, was
+the alternative: no negative counts, but the count would follow the first event to
+*arrive* (a retry's success arriving before the failure it retried would count a success
+for good). Moving the order's counts as its events arrive, each move from its event's time,
+was the next: but then the counts followed the arrival order after all (a short pick read
+before the success it takes back moved nothing, and the success never counted), and could
+not be rebuilt from the states.
 
 Counting across workers
 -----------------------
-The counts are global, so they must be exact and mergeable. Each worker moves its orders'
-counts in its own `IntakeCounts`, one bucket per epoch minute of event time, per input
-partition; an order's events all come on its partition, so its -1 never travels apart from
-the +1 it takes back. Every few seconds the worker ships that delta to a single-partition
-internal topic as
-`{origin: "<topic>/<partition>", seq: <last input offset counted>, counts: delta.to_json()}`
-with its partition's watermark, and starts a fresh delta. One breaker agent consumes that
-partition, so exactly one `Breaker` exists in the consumer group; it folds each delta into
-the global counts with `apply_delta` (a redelivered message has a seq already applied and
-is dropped) and calls `tick` with the minimum of the origins' watermarks, so every minute
-before an evaluation instant has arrived from every partition when that instant is
-evaluated. Minute buckets add up exactly, in any order and any grouping, and evaluation
-instants sit on whole minutes, so a window is a sum of whole buckets: no sampling, no
-approximation. `tick` expires the buckets no later evaluation can see, which bounds memory
-at about one window of minutes; anything that arrives for an expired minute could not
-change a later evaluation and is dropped (a -1 there included: its +1 went with the minute).
+The counts are global, so they must be exact and mergeable. Each worker keeps its orders'
+counts per input partition in an `IntakeCounts`, one bucket per epoch minute of event time;
+an order's events all come on its partition, so all of its counts are in one partition's.
+They are a function of the partition's order states: updated event by event (an order
+moves only when the event times its counts depend on change) and rebuilt from the states
+after every assignment, to the same counts. After each batch the worker sends each
+partition's counts whole, a snapshot, to a single-partition internal topic as
+`{origin: "<topic>/<partition>", seq: <last input offset read>, snapshot:
+counts.to_json(), wm: <its watermark>}` (the counts only when they changed since it last
+sent them; the watermark always, so the quietest partition never holds the clock). One
+breaker agent consumes that partition, so exactly one `Breaker` exists in the consumer
+group; it keeps each origin's latest snapshot (`PartitionSnapshots`) and calls `tick` with
+their sum at the minimum of the origins' watermarks, so every minute before an evaluation
+instant has arrived from every partition when that instant is evaluated.
+
+Why snapshots: after a crash the per-order stage reads its partitions again from the
+committed offsets, in batches cut elsewhere. A delta per batch, folded once per (origin,
+last offset), then overlapped one folded before the crash, and the orders in the overlap
+counted twice. A snapshot at an offset is the same whatever the batches (the states at an
+offset are those of the events up to it), so one sent again at an offset the breaker
+already holds, or a lower one, is dropped, and a later one replaces what it held. A
+partition's counts hold only the minutes a window can still see at the event time it last
+reported, less the allowed lateness (no event on time can change an earlier one); the
+breaker keeps the earlier minutes from the snapshots that held them. Minute buckets add up
+exactly, in any order and any grouping, and evaluation instants sit on whole minutes, so a
+window is a sum of whole buckets: no sampling, no approximation. `tick` expires the minutes
+no later evaluation can see, which bounds memory at about one window of minutes per
+partition.
 
 Transitions
 -----------
@@ -313,9 +321,17 @@ class Breaker:
             self._last = instant
             self._evaluations.append(Evaluation(instant, totals, self._held, self.stage))
             instant += step
-        if self._last is not None:
-            counts.expire(_floor(self._last, step) + step - window)
+        needed = self.needed_from()
+        if needed is not None:
+            counts.expire(needed)
         return emits
+
+    def needed_from(self) -> datetime | None:
+        """The earliest event time a later evaluation can still see; None before the first."""
+        if self._last is None:
+            return None
+        step = self.settings.evaluate_every
+        return _floor(self._last, step) + step - self.settings.window
 
     def decide(self, decision: Decision, detected_at: datetime) -> list[Emit]:
         """Apply a breaker.ack or breaker.release decision."""

@@ -815,18 +815,6 @@ def test_counts_merged_from_three_partitions_equal_counting_in_one(
         assert forward.window_totals(end) == tuple(expected)
 
 
-def test_a_redelivered_delta_is_not_counted_twice() -> None:
-    total = IntakeCounts()
-    delta = IntakeCounts()
-    delta.add(IntakeKind.CREATED, T0 - MINUTE, 5)
-    assert total.apply_delta("erp/0", 7, delta)
-    assert not total.apply_delta("erp/0", 7, delta)  # redelivered
-    assert not total.apply_delta("erp/0", 6, delta)  # older
-    assert total.apply_delta("erp/1", 7, delta)  # another origin's own sequence
-    assert total.window_totals(T0) == (10, 0, 0)
-    assert IntakeCounts.from_json(total.to_json()).applied == {"erp/0": 7, "erp/1": 7}
-
-
 def test_expired_minutes_stay_gone() -> None:
     counts = IntakeCounts()
     counts.add(IntakeKind.CREATED, T0 - 2 * HOUR)

@@ -73,7 +73,7 @@ def test_breaker_history_has_every_evaluation_and_each_transition() -> None:
     breaker, counts = Breaker(settings), IntakeCounts()
     minute = int(T0.timestamp()) // 60
     # 40 minutes of 1 order and 1 failed allocation a minute: past 5 orders, it holds.
-    counts.apply_delta("p0", 1, IntakeCounts(buckets={minute + m: [1, 0, 1] for m in range(40)}))
+    counts.merge(IntakeCounts(buckets={minute + m: [1, 0, 1] for m in range(40)}))
     emits = breaker.tick(counts, T0 + 40 * MIN, T0)
     history = [
         (r["at"] - T0, r["event"], r["stage"], r["orders_created"])

@@ -17,11 +17,13 @@ from schemas.settings import Settings
 from schemas.stages import Marker, Source, Stage
 from streams.rules.breaker import BreakerSettings
 from streams.rules.intake import (
-    NO_INTAKE,
+    EPOCH,
     STOCK_SYSTEMS,
     IntakeCounts,
     IntakeKind,
     OrderIntake,
+    PartitionSnapshots,
+    intake_times,
     order_intake,
 )
 from streams.rules.order_state import OrderJoin, OrderState
@@ -66,18 +68,24 @@ def count(
     batches: list[list[Event]], reserving: tuple[Source, ...] = STOCK_SYSTEMS
 ) -> IntakeCounts:
     """The breaker's counts once the orders stage applied `batches` in turn: each event moves
-    its order's count in the batch's delta, and the breaker folds the deltas in off the wire."""
-    join, states, total = OrderJoin(PHONES), dict[str, OrderState](), IntakeCounts()
-    for seq, batch in enumerate(batches):
-        delta = IntakeCounts()
+    its order in the partition's counts, sent whole after each batch with the batch's last
+    offset, and the breaker keeps the latest off the wire."""
+    join, states, counts = OrderJoin(PHONES), dict[str, OrderState](), IntakeCounts()
+    breaker, offset = PartitionSnapshots(), -1
+    for batch in batches:
         for body in batch:
             state = states.setdefault(body["order_id"], OrderState(order_id=body["order_id"]))
-            before = order_intake(state, reserving)
+            before = intake_times(state, reserving)
             join.apply(state, body)
-            delta.move(before, order_intake(state, reserving))
-        wire = json.loads(json.dumps(delta.to_json()))
-        total.apply_delta("concord.normalized/0", seq, IntakeCounts.from_json(wire))
-    return total
+            counts.move(before.history(), intake_times(state, reserving).history())
+            offset += 1
+        breaker.fold("concord.normalized/0", offset, wired(counts))
+    return breaker.total()
+
+
+def wired(counts: IntakeCounts) -> IntakeCounts:
+    """`counts` as the breaker reads them off its topic."""
+    return IntakeCounts.from_json(json.loads(json.dumps(counts.to_json())))
 
 
 def window(counts: IntakeCounts, start: float, end: float) -> tuple[int, int, int]:
@@ -152,7 +160,7 @@ def test_resends_with_new_event_ids_count_once() -> None:
     assert window(counts, 0, 60) == (2, 1, 1)
     assert window(counts, 2, 3) == (0, 0, 1)  # order 1 at its first failure
     assert window(counts, 4, 5) == (0, 1, 0)  # order 2 at its first reservation
-    assert counts.buckets == count([original]).buckets
+    assert counts.to_json() == count([original]).to_json()
 
 
 def test_a_retry_after_a_failure_is_one_failed_reservation_at_the_first_failure() -> None:
@@ -170,7 +178,7 @@ def test_a_retry_after_a_failure_is_one_failed_reservation_at_the_first_failure(
     assert window(counts, 5, 6) == (0, 0, 1)
     assert window(counts, 30, 90) == (0, 0, 0)  # the retry is not a second attempt
     # Whichever arrives first, and however batched.
-    assert count([retried[3:], retried[:3]]).buckets == counts.buckets
+    assert count([retried[3:], retried[:3]]).to_json() == counts.to_json()
 
 
 def test_a_failure_after_a_success_makes_the_order_failed_at_that_failure() -> None:
@@ -182,9 +190,12 @@ def test_a_failure_after_a_success_makes_the_order_failed_at_that_failure() -> N
     short_pick = [ev(WMS, 1, Marker.ALLOCATION_FAILED, 50, "SHORT_PICK")]
     assert window(count([reserved]), 0, 60) == (1, 1, 0)
     counts = count([reserved, short_pick])
-    assert window(counts, 0, 30) == (1, 0, 0)  # the success at 10:02 was taken back
+    assert window(counts, 0, 30) == (1, 1, 0)  # as of 10:30, the short pick was to come
+    assert window(counts, 0, 60) == (1, 0, 1)  # as of 11:00, the success was taken back
     assert window(counts, 30, 60) == (0, 0, 1)
-    assert sorted(counts.buckets) == [as_us(T0) // 60_000_000 + m for m in (0, 50)]
+    minute = as_us(T0) // 60_000_000
+    assert sorted(counts.buckets) == [minute, minute + 2, minute + 50]
+    assert counts.later == {(minute + 2, minute + 50): [0, -1, 0]}
 
 
 def test_only_the_reserving_systems_count() -> None:
@@ -210,7 +221,7 @@ def test_an_order_is_created_at_the_erps_earliest_event_however_late_it_arrives(
     one_batch, two_batches = count([feed]), count([feed[:1], feed[1:]])
     assert window(one_batch, 1, 2) == (1, 0, 0)
     assert window(one_batch, 0, 60) == (1, 0, 0)
-    assert one_batch.buckets == two_batches.buckets  # the minute it left holds nothing
+    assert one_batch.to_json() == two_batches.to_json()  # the minute it left holds nothing
 
 
 # --- any arrival order, any batching ---------------------------------------------------------
@@ -240,7 +251,7 @@ def test_arrival_order_and_batching_change_no_bucket(order: list[int], cuts: lis
     bounds = [0, *sorted(cuts), len(arrived)]
     batches = [arrived[a:b] for a, b in itertools.pairwise(bounds)]
     counts = count(batches)
-    assert counts.buckets == count([SHUFFLED]).buckets
+    assert counts.to_json() == count([SHUFFLED]).to_json()
     # Orders 3 and 7 failed at minutes 5 and 9, order 5 at 45; the retry adds nothing.
     assert window(counts, 0, 60) == (10, 7, 3)
     assert window(counts, 30, 90) == (0, 0, 1)
@@ -254,10 +265,10 @@ def test_every_permutation_of_one_order_gives_the_same_counts() -> None:
         ev(ERP, 1, Stage.ALLOCATED, 40, "库存已锁定"),
         ev(WMS, 1, Stage.ALLOCATED, 42, "已分配"),
     ]
-    expected = count([events]).buckets
+    expected = count([events]).to_json()
     assert window(count([events]), 0, 60) == (1, 0, 1)
     for permutation in itertools.permutations(events):
-        assert count([[e] for e in permutation]).buckets == expected
+        assert count([[e] for e in permutation]).to_json() == expected
 
 
 # --- the counts themselves -------------------------------------------------------------------
@@ -265,16 +276,19 @@ def test_every_permutation_of_one_order_gives_the_same_counts() -> None:
 
 def test_a_move_takes_back_where_the_order_counted_and_empty_minutes_go() -> None:
     minute = as_us(T0) // 60_000_000
+    t0 = as_us(T0)
+    reserved = ((t0, OrderIntake(minute)), (t0 + 120_000_000, OrderIntake(minute, minute + 2)))
     counts = IntakeCounts()
-    counts.move(NO_INTAKE, OrderIntake(minute, minute + 2, failed=False))
+    counts.count(reserved)
     assert counts.buckets == {minute: [1, 0, 0], minute + 2: [0, 1, 0]}
-    counts.move(OrderIntake(minute, minute + 2, False), OrderIntake(minute, minute + 2, True))
+    failed = (reserved[0], (t0 + 120_000_000, OrderIntake(minute, minute + 2, True)))
+    counts.move(reserved, failed)
     assert counts.buckets == {minute: [1, 0, 0], minute + 2: [0, 0, 1]}
-    delta = IntakeCounts()
-    delta.move(OrderIntake(minute, minute + 2, True), OrderIntake(minute, minute + 5, True))
-    assert delta.to_json() == {"m": {str(minute + 2): [0, 0, -1], str(minute + 5): [0, 0, 1]}}
-    counts.merge(IntakeCounts.from_json(json.loads(json.dumps(delta.to_json()))))
-    assert counts.buckets == {minute: [1, 0, 0], minute + 5: [0, 0, 1]}
+    later = (reserved[0], (t0 + 300_000_000, OrderIntake(minute, minute + 5, True)))
+    counts.move(failed, later)
+    assert counts.to_json() == {"m": {str(minute): [1, 0, 0], str(minute + 5): [0, 0, 1]}}
+    counts.count(later, -1)
+    assert counts.to_json() == {"m": {}}
 
 
 def test_an_orders_minute_is_the_minute_add_counts_it_in() -> None:
@@ -285,7 +299,7 @@ def test_an_orders_minute_is_the_minute_add_counts_it_in() -> None:
             state, {**ev(ERP, 1, Stage.PLACED, 0, "CREATED"), "occurred_at": at.isoformat()}
         )
         by_state, by_time = IntakeCounts(), IntakeCounts()
-        by_state.move(NO_INTAKE, order_intake(state))
+        by_state.count(intake_times(state).history())
         by_time.add(IntakeKind.CREATED, at)
         assert by_state.to_json() == by_time.to_json()
 
@@ -355,23 +369,140 @@ def test_reserving_systems_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_success_taken_back_counts_for_the_evaluations_from_the_short_pick_on() -> None:
-    # As the orders stage moves it: from the short pick's own time (10:50:30), so the
-    # evaluation at 10:50 sees the order as it stood, however early the short pick was read.
+    # From the short pick's own time (10:50:30): the evaluation at 10:50 sees the order as it
+    # stood, however early the short pick was read.
     minute = as_us(T0) // 60_000_000
-    counts = IntakeCounts()
-    counts.move(NO_INTAKE, OrderIntake(minute, minute + 2, False), as_us(T0 + 2 * MINUTE))
-    delta = IntakeCounts()
-    short_pick = as_us(T0 + 50.5 * MINUTE)
-    delta.move(
-        OrderIntake(minute, minute + 2, False), OrderIntake(minute, minute + 50, True), short_pick
-    )
-    assert delta.to_json() == {
-        "m": {str(minute + 50): [0, 0, 1]},
-        "l": [[minute + 2, minute + 51, 0, -1, 0]],
-    }
-    counts.apply_delta(
-        "concord.normalized/0", 1, IntakeCounts.from_json(json.loads(json.dumps(delta.to_json())))
-    )
-    assert window(counts, -10, 50) == (1, 1, 0)
-    assert window(counts, -9, 51) == (1, 0, 1)
+    events = [
+        ev(ERP, 1, Stage.PLACED, 0, "CREATED"),
+        ev(ERP, 1, Stage.ALLOCATED, 2, "ALLOCATED"),
+        ev(WMS, 1, Marker.ALLOCATION_FAILED, 50.5, "SHORT_PICK"),
+    ]
+    for arrival in itertools.permutations(events):
+        counts = count([list(arrival)])
+        assert counts.to_json() == {
+            "m": {str(minute): [1, 0, 0], str(minute + 2): [0, 1, 0], str(minute + 50): [0, 0, 1]},
+            "l": [[minute + 2, minute + 51, 0, -1, 0]],
+        }
+        assert window(counts, -10, 50) == (1, 1, 0)
+        assert window(counts, -9, 51) == (1, 0, 1)
     assert sorted(counts.minutes()) == [minute, minute + 2, minute + 2, minute + 50]
+
+
+# --- as of each instant, and rebuilt from the states ----------------------------------------
+
+
+def _linked(body: Event, minute: float) -> Event:
+    # An event that waited in ingest for its reference's link, released at T0 + `minute`.
+    return {**body, "linked_us": as_us(T0 + minute * MINUTE)}
+
+
+HELD = [
+    ev(ERP, 20, Stage.PLACED, 0, "CREATED"),
+    _linked(ev(WMS, 20, Stage.ALLOCATED, 2, "已分配"), 12),  # counts from its link at 10:12
+    _linked(ev(WMS, 20, Marker.ALLOCATION_FAILED, 4, "缺货"), 12),
+    ev(ERP, 20, Stage.ALLOCATED, 3, "ALLOCATED"),
+]
+
+
+def _as_of(history: tuple[tuple[int, OrderIntake], ...], t: int) -> OrderIntake:
+    # What a history says the order counts for at `t`.
+    now = OrderIntake()
+    for since, intake in history:
+        if since <= t:
+            now = intake
+    return now
+
+
+def test_an_orders_history_is_what_it_counts_for_as_of_every_instant() -> None:
+    join, states = OrderJoin(PHONES), dict[str, OrderState]()
+    for body in SHUFFLED + HELD:
+        state = states.setdefault(body["order_id"], OrderState(order_id=body["order_id"]))
+        join.apply(state, body)
+    instants = {as_us(T0 + m * MINUTE) + d for m in range(-1, 120) for d in (-1, 0, 1)}
+    for state in states.values():
+        history = intake_times(state).history()
+        for t in instants:
+            assert _as_of(history, t) == order_intake(state.as_of(t)), (state.order_id, t)
+    minute = as_us(T0) // 60_000_000
+    # SO-0020: the ERP's success at 10:03 until the WMS's failure (10:04) counts, at 10:12.
+    assert intake_times(states["SO-0020"]).history() == (
+        (as_us(T0), OrderIntake(minute)),
+        (as_us(T0 + 3 * MINUTE), OrderIntake(minute, minute + 3)),
+        (as_us(T0 + 12 * MINUTE), OrderIntake(minute, minute + 4, True)),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations(range(len(SHUFFLED + HELD))))
+def test_counts_rebuilt_from_the_states_are_the_counts_counted_event_by_event(
+    order: list[int],
+) -> None:
+    # After a restart the orders stage rebuilds each partition's counts from the states in
+    # its table: after every event, they must be what counting event by event gave.
+    feed = SHUFFLED + HELD
+    join, states, counts = OrderJoin(PHONES), dict[str, OrderState](), IntakeCounts()
+    for i in order:
+        body = feed[i]
+        state = states.setdefault(body["order_id"], OrderState(order_id=body["order_id"]))
+        before = intake_times(state)
+        join.apply(state, body)
+        counts.move(before.history(), intake_times(state).history())
+        rebuilt = IntakeCounts()
+        for held in states.values():
+            rebuilt.count(intake_times(OrderState.from_json(held.to_json())).history())
+        assert counts.to_json() == rebuilt.to_json()
+
+
+def test_as_of_each_evaluation_whatever_was_read_first() -> None:
+    # SO-0020's events in any arrival order: until 10:12 it had not failed (the WMS's events
+    # count from their link), the ERP's success at 10:03 is in the window.
+    for arrival in itertools.permutations(HELD):
+        counts = count([[e] for e in arrival])
+        assert window(counts, -50, 10) == (1, 1, 0)
+        assert window(counts, -49, 11) == (1, 1, 0)
+        assert window(counts, -48, 12) == (1, 0, 1)  # from the link (10:12) on
+
+
+# --- the breaker's snapshots ------------------------------------------------------------------
+
+
+def _snapshot(counts: dict[int, list[int]], floor: int | None = None) -> IntakeCounts:
+    return wired(IntakeCounts(buckets={m: list(row) for m, row in counts.items()}, floor=floor))
+
+
+def test_a_snapshot_sent_again_at_an_offset_already_taken_is_dropped() -> None:
+    breaker = PartitionSnapshots()
+    assert breaker.fold("normalized/0", 7, _snapshot({100: [3, 1, 0]}))
+    # After a crash the partition is read again from its committed offset, in other batches:
+    # the same offset again, or one before it, is older news.
+    assert not breaker.fold("normalized/0", 7, _snapshot({100: [9, 9, 9]}))
+    assert not breaker.fold("normalized/0", 5, _snapshot({100: [2, 1, 0]}))
+    assert breaker.total().to_json() == {"m": {"100": [3, 1, 0]}}
+    # A later offset replaces it (cumulative counts, not a delta to add).
+    assert breaker.fold("normalized/0", 12, _snapshot({100: [4, 1, 0], 101: [1, 0, 1]}))
+    assert breaker.total().to_json() == {"m": {"100": [4, 1, 0], "101": [1, 0, 1]}}
+
+
+def test_the_partitions_snapshots_are_summed() -> None:
+    breaker = PartitionSnapshots()
+    breaker.fold("normalized/0", 12, _snapshot({100: [4, 1, 0], 101: [1, 0, 1]}))
+    breaker.fold("normalized/1", 3, _snapshot({101: [2, 2, 0], 102: [1, 0, 0]}))  # its own offsets
+    assert breaker.total().to_json() == {
+        "m": {"100": [4, 1, 0], "101": [3, 2, 1], "102": [1, 0, 0]}
+    }
+    again = PartitionSnapshots.from_json(json.loads(json.dumps(breaker.to_json())))
+    assert again == breaker
+    assert not again.fold("normalized/1", 3, _snapshot({}))
+
+
+def test_a_snapshot_keeps_the_minutes_before_its_floor_from_the_last_one() -> None:
+    breaker = PartitionSnapshots()
+    breaker.fold("normalized/0", 7, _snapshot({100: [1, 0, 0], 104: [2, 0, 0]}, floor=90))
+    # The partition's event time moved on: it holds the minutes from 103 only.
+    breaker.fold("normalized/0", 9, _snapshot({104: [3, 1, 0], 105: [1, 0, 0]}, floor=103))
+    assert breaker.total().to_json() == {
+        "m": {"100": [1, 0, 0], "104": [3, 1, 0], "105": [1, 0, 0]}
+    }
+    assert breaker.latest["normalized/0"][1].floor == 90
+    breaker.expire(EPOCH + 101 * MINUTE)  # what the breaker's evaluations no longer see
+    assert breaker.total().to_json() == {"m": {"104": [3, 1, 0], "105": [1, 0, 0]}}

@@ -351,6 +351,30 @@ def test_a_reservation_taken_back_counts_where_it_stood_at_each_evaluation() -> 
         assert compare(log, at(40), schedule=schedule) == []
 
 
+def test_a_reservation_taken_back_counts_where_it_stood_whichever_was_read_first() -> None:
+    # The same order, the WMS's short pick (24) read before the ERP's allocation (5) it takes
+    # back, both before event time reaches 10:10. As of 10:10 and 10:20 the reservation had
+    # succeeded at 5. Moving the order's counts in the order its events were read put the
+    # success in only to take it back at once: 10:10 and 10:20 counted no attempt.
+    log = HandLog()
+    log.erp("SO1", "CREATED", at(0))
+    log.add("wms", "W1", "OUT_OF_STOCK", at(24), erp_order_id="SO1")
+    log.erp("SO1", "ALLOCATED", at(5))
+    log.erp("SO2", "CREATED", at(30))
+    want = expected(log.events, at(40))
+    figures = intake_figures(want.ingested.orders, at(40), BreakerRules())
+    assert [(f[0], *f[1:]) for f in figures] == [
+        (at(10), 1, 1, 0),
+        (at(20), 1, 1, 0),
+        (at(30), 1, 1, 1),
+        (at(40), 2, 1, 1),
+    ]
+    # Read in one batch (with one record a batch the allocation comes after event time
+    # passed 10:20: late, and the evaluations it belonged to are gone).
+    for schedule in (Schedule(500, "newest"), Schedule(500, "sources")):
+        assert compare(log, at(40), schedule=schedule) == []
+
+
 def test_an_erp_event_before_its_details_waits_for_them() -> None:
     # §2: an ERP event that arrives before the one carrying `order` is held until the details
     # come. Published 20 s apart in the other order (well within the allowed lateness): the
