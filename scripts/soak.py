@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from concord.broker import running_broker
 from tests.logs import Knobs, generate_with
 from tests.oracle import expected
-from tests.oracle.compare import Actual, diff
+from tests.oracle.compare import diff
 from tests.schedules import ALLOWED_LATENESS, Schedule, run
 
 
@@ -67,17 +67,17 @@ def main() -> int:
                 started = time.monotonic()
                 prefix = f"s{uuid.uuid4().hex[:8]}"
                 outputs = run(broker.url, bootstrap, Path(tmp), prefix, log.events, schedule)
-                problems = diff(want, Actual.fold(outputs.records, outputs.command_records))
-                problems += outputs.conflicts
+                got = outputs.folded()
+                problems = diff(want, got)
                 totals["runs"] += 1
                 totals["kills"] += schedule.kills
-                totals["repeats"] += outputs.repeats
+                totals["repeats"] += got.repeats
                 totals["events"] += len(log.events)
-                totals["anomalies"] += len(outputs.anomalies)
+                totals["anomalies"] += len(got.anomalies)
                 totals["disagreed"] += bool(problems)
                 print(
-                    f"  {schedule.name}: {schedule.kills} kills, {len(outputs.anomalies)} "
-                    f"anomalies, {len(outputs.commands)} commands, {outputs.repeats} identical "
+                    f"  {schedule.name}: {schedule.kills} kills, {len(got.anomalies)} "
+                    f"anomalies, {len(got.commands)} commands, {got.repeats} identical "
                     f"repeats, {len(problems)} differences, {time.monotonic() - started:.0f} s"
                 )
                 for line in problems[:10]:

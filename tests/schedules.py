@@ -6,7 +6,8 @@ by a restart, as a supervisor would), a second worker of the same group joining 
 Whatever the schedule, the outputs must be the same: the anomalies (by id, with their final
 state and every version published) and the commands (by id, with their payloads). A record
 published again after a crash is allowed only with the same id and the same content, and is
-counted (`Outputs.repeats`); the same id with other content is a disagreement.
+counted (`Published.folded`, tests/oracle/compare.py); the same id with other content is a
+disagreement.
 
 Wall time decides only when an output appears: `detected_at` is left out of the content.
 Event time settles at the newest event minus the allowed lateness (quiet source partitions
@@ -32,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from concord.scenario import encode
 from tests.integration.harness import WorkerProcess, new_worker, produce
+from tests.oracle.compare import Actual
 
 ALLOWED_LATENESS = timedelta(minutes=2)
 SETTINGS = {
@@ -39,89 +41,19 @@ SETTINGS = {
     "CONCORD_WATERMARK_IDLE_AFTER": "PT24H",
     "CONCORD_CLICKHOUSE_ENABLED": "false",
 }
-WALL_FIELDS = ("detected_at",)
 
 
 @dataclass
-class Outputs:
-    """What a run published: anomalies and commands by id, repeats and disagreements."""
+class Published:
+    """What a run published, in order, and how late some of its input came."""
 
-    anomalies: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> last version
-    versions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # id -> distinct
-    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
-    repeats: int = 0  # records published again, identical
-    conflicts: list[str] = field(default_factory=list)  # a command id with other content
-    late_events: float = 0.0  # events the per-order stage applied behind its watermark
-    records: list[dict[str, Any]] = field(default_factory=list)  # every anomaly, in order
+    records: list[dict[str, Any]] = field(default_factory=list)  # every anomaly record
     command_records: list[dict[str, Any]] = field(default_factory=list)  # every command
+    late_events: float = 0.0  # events the per-order stage applied behind its watermark
 
-    def final(self) -> dict[str, tuple[Any, ...]]:
-        """Each anomaly's id -> (type, order, final state, severity, opened_at, resolved_at)."""
-        return {
-            anomaly_id: (
-                a["type"],
-                a.get("order_id"),
-                a["state"],
-                a["severity"],
-                a["opened_at"],
-                a.get("resolved_at"),
-            )
-            for anomaly_id, a in self.anomalies.items()
-        }
-
-    def command_payloads(self) -> dict[str, tuple[str, Any]]:
-        """Each command's id -> (kind, payload)."""
-        return {cid: (c["kind"], c["payload"]) for cid, c in self.commands.items()}
-
-
-def outputs_of(anomaly_values: Sequence[bytes], command_values: Sequence[bytes]) -> Outputs:
-    """Fold the anomalies and commands topics, in order, into `Outputs`."""
-    out = Outputs()
-    for value in anomaly_values:
-        record = orjson.loads(value)
-        out.records.append(record)
-        content = {k: v for k, v in record.items() if k not in WALL_FIELDS}
-        anomaly_id = record["anomaly_id"]
-        versions = out.versions.setdefault(anomaly_id, [])
-        if content in versions:
-            out.repeats += 1
-        else:
-            versions.append(content)
-        out.anomalies[anomaly_id] = content
-    for value in command_values:
-        record = orjson.loads(value)
-        out.command_records.append(record)
-        known = out.commands.get(record["command_id"])
-        if known is None:
-            out.commands[record["command_id"]] = record
-        elif known == record:
-            out.repeats += 1
-        else:
-            out.conflicts.append(f"command {record['command_id']}: {known} then {record}")
-    return out
-
-
-def differences(expected: Outputs, actual: Outputs) -> list[str]:
-    """What `actual` did differently from `expected`: anomalies by final state (and any
-    version `expected` never published), commands by payload, conflicting repeats."""
-    problems = list(actual.conflicts)
-    want, got = expected.final(), actual.final()
-    for anomaly_id in sorted(want.keys() | got.keys()):
-        if want.get(anomaly_id) != got.get(anomaly_id):
-            problems.append(
-                f"anomaly {anomaly_id}: {want.get(anomaly_id)} != {got.get(anomaly_id)}"
-            )
-    for anomaly_id, versions in sorted(actual.versions.items()):
-        extra = [v for v in versions if v not in expected.versions.get(anomaly_id, [])]
-        if extra and want.get(anomaly_id) == got.get(anomaly_id):
-            problems.append(f"anomaly {anomaly_id}: versions never published otherwise {extra}")
-    want_c, got_c = expected.command_payloads(), actual.command_payloads()
-    for command_id in sorted(want_c.keys() | got_c.keys()):
-        if want_c.get(command_id) != got_c.get(command_id):
-            problems.append(
-                f"command {command_id}: {want_c.get(command_id)} != {got_c.get(command_id)}"
-            )
-    return problems
+    def folded(self) -> Actual:
+        """One final record per id, identical repeats counted, inconsistencies noted."""
+        return Actual.fold(self.records, self.command_records)
 
 
 @dataclass(frozen=True)
@@ -154,7 +86,7 @@ def run(
     *,
     settle_within: float = 300.0,
     log: Callable[[str], None] = lambda line: None,
-) -> Outputs:
+) -> Published:
     """Run `events` through fresh workers under `schedule`; the outputs once settled."""
     rng = random.Random(schedule.seed)
     worker = new_worker(broker_url, tmp, prefix, **SETTINGS)
@@ -280,7 +212,7 @@ async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
         await consumer.stop()
 
 
-async def _read_outputs(bootstrap: str, prefix: str) -> Outputs:
+async def _read_outputs(bootstrap: str, prefix: str) -> Published:
     anomalies = await read_topic(bootstrap, f"{prefix}.anomalies")
     commands = await read_topic(bootstrap, f"{prefix}.commands")
-    return outputs_of(anomalies, commands)
+    return Published([orjson.loads(v) for v in anomalies], [orjson.loads(v) for v in commands])

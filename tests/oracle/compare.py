@@ -59,18 +59,19 @@ class Actual:
                 continue
             seen.add(key)
             out._anomaly(record)
+        sent: dict[str, dict[str, Any]] = {}  # each command as first sent, whole
         for raw in commands:
             record = _plain(raw)
-            kind, payload = str(record["kind"]), dict(record["payload"])
-            known = out.commands.get(record["command_id"])
-            if known is None:
-                out.commands[record["command_id"]] = (kind, payload)
-            elif known == (kind, payload):
+            command_id = record["command_id"]
+            first = sent.get(command_id)
+            if first is None:
+                sent[command_id] = record
+                out.commands[command_id] = (str(record["kind"]), dict(record["payload"]))
+            elif first == record:
                 out.repeats += 1
             else:
                 out.problems.append(
-                    f"command {record['command_id']} repeated with other content: "
-                    f"{known} then {(kind, payload)}"
+                    f"command {command_id} repeated with other content: {first} then {record}"
                 )
         return out
 
